@@ -1,0 +1,37 @@
+"""``mksgn-sim`` and ``mksgn-energy``: replay an export in Lava and compare energy reports.
+
+Status: the command lines are declared; the Lava replay is tracked in issue 6 and both
+commands fail with a clear message until it lands.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mksgn.cli.common import run
+
+from .errors import SimError
+
+
+@click.command(help="Replay an export directory in Lava (Loihi2SimCfg fixed_pt) on real clips, check every "
+                    "spike and u/v bit-for-bit against the PyTorch twin, and report synaptic events and energy.")
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset folder (e.g. ../shared/data/nw-ucla).")
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True, help="Split to replay.")
+@click.option("--clips", default="8", show_default=True, help="Number of clips, or 'all'.")
+@click.option("--report", type=click.Path(path_type=Path), default=None, help="Write the JSON report here.")
+@click.option("--plots", type=click.Path(path_type=Path), default=None, help="Write PNG plots into this folder.")
+def cli(export_dir, data, split, clips, report, plots):
+    raise SimError("mksgn-sim is not implemented yet (issue 6: Lava replay); nothing was run")
+
+
+@click.command(help="Side-by-side table and bar chart of two or more mksgn-sim / mksgn-eval energy reports.")
+@click.argument("reports", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--plot", type=click.Path(path_type=Path), default=None, help="Write the bar chart PNG here.")
+def energy_cli(reports, plot):
+    raise SimError("mksgn-energy is not implemented yet (issue 6); nothing was compared")
+
+
+main = run(cli)
+energy_main = run(energy_cli)

@@ -1,0 +1,113 @@
+"""Checkpoints: one dict format, written atomically, read with ``weights_only=True``.
+
+Layout (``format = "mksgn-checkpoint"``, ``version = 1``)::
+
+    {"format", "version", "config": {"model": {...}, "train": {...}},
+     "state_dict", "class_names", "data": {"dataset", "layout", "modalities", "window",
+     "protocol"}, "metrics": {...}, "git_revision", "epoch",
+     "optimizer"/"scheduler" (resume checkpoints only)}
+
+``torch.load(..., weights_only=True)`` only unpickles tensors and plain containers, so a
+hostile file cannot run code.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError
+
+FORMAT = "mksgn-checkpoint"
+VERSION = 1
+REQUIRED = ("config", "state_dict", "class_names", "data")
+
+
+def git_revision() -> str:
+    """Short git revision of the source tree (``+dirty`` if modified), or ``"unknown"``."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return (rev + ("+dirty" if dirty else "")) or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call ``write(tmp_path)`` on a temp file beside ``path`` and rename it into place.
+
+    A failure (or Ctrl-C) leaves ``path`` untouched and removes the temp file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> Path:
+    """Write a checkpoint dict atomically (temp file + rename), adding format and version."""
+    full = {"format": FORMAT, "version": VERSION, **payload}
+    return atomic_write(path, lambda tmp: torch.save(full, tmp))
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read and validate a checkpoint with ``torch.load(weights_only=True)``.
+
+    Raises
+    ------
+    CheckpointError
+        Missing file, not a torch file, not an mksgn checkpoint, unsupported version,
+        or missing keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt/hostile files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({first[:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an mksgn checkpoint (no format={FORMAT!r}); "
+                              "expected a file written by mksgn-train")
+    if ckpt.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')!r} is not supported "
+                              f"(this mksgn reads version {VERSION}); retrain or upgrade mksgn")
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    return ckpt
+
+
+def load_state(model: torch.nn.Module, state_dict: dict, path: str | Path = "checkpoint") -> None:
+    """Load ``state_dict`` into ``model`` strictly, with a clear error on the first mismatch.
+
+    Raises
+    ------
+    CheckpointError
+        Missing or unexpected keys, or a tensor of the wrong shape.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    extra = [k for k in state_dict if k not in own]
+    if missing or extra:
+        raise CheckpointError(f"{path}: weights do not match the model of its config "
+                              f"(missing {missing[:3]}, unexpected {extra[:3]})")
+    for k, v in own.items():
+        if tuple(state_dict[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"{path}: weight {k} has shape {tuple(state_dict[k].shape)}, the "
+                                  f"model expects {tuple(v.shape)}")
+    model.load_state_dict(state_dict)

@@ -1,0 +1,39 @@
+"""``mksgn-eval``: top-1, per-class accuracy, confusion matrix and the ops/energy analysis."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..evaluate import evaluate
+from .common import run
+
+
+@click.command(help="Evaluate a checkpoint on real clips: top-1 (%), per-class accuracy, confusion "
+                    "matrix, and per-layer firing rate / FLOPs / SOPs / energy (paper eq. 33-37).")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="Dataset folder, e.g. ../shared/data/nw-ucla.")
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True,
+              help="Split to evaluate.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Write all results (key top1 in percent) to this JSON file.")
+@click.option("--plots", "plots_dir", type=click.Path(path_type=Path), default=None,
+              help="Write confusion.png into this folder.")
+@click.option("--analysis-clips", type=int, default=None,
+              help="Clips used for the firing-rate/energy analysis (default: the whole split).")
+def cli(checkpoint, data, split, json_path, plots_dir, analysis_clips):
+    r = evaluate(checkpoint, data, split, json_path, plots_dir, analysis_clips)
+    click.echo(f"\n{Path(checkpoint).name} on {split} ({r['clips']} clips): top-1 {r['top1']:.2f}%")
+    width = max(len(n) for n in r["per_class"])
+    for name, acc in r["per_class"].items():
+        click.echo(f"  {name:<{width}}  {acc:6.1f}%")
+    click.echo(f"\nops and energy per clip (analysis on {r['analysis_clips']} clips):")
+    click.echo(r["_table"])
+    if json_path:
+        click.echo(f"wrote {json_path}")
+    if plots_dir:
+        click.echo(f"wrote {Path(plots_dir) / 'confusion.png'}")
+
+
+main = run(cli)

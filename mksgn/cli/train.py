@@ -1,0 +1,27 @@
+"""``mksgn-train``: train MK-SGN / Base-SGN* on a real skeleton dataset."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..train import train
+from .common import run
+
+
+@click.command(help="Train a spiking model (MK-SGN or Base-SGN*) from a JSON config on real clips. "
+                    "Writes <out>/last.pt after every epoch (resumable), <out>/model.pt at the end.")
+@click.option("--config", "config", type=click.Path(path_type=Path), required=True,
+              help="Model + training config, e.g. configs/mksgn_ucla_joint.json.")
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="Dataset folder, e.g. ../shared/data/nw-ucla.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Output folder for checkpoints and history.json.")
+@click.option("--epochs", type=int, default=None, help="Override train.epochs of the config.")
+@click.option("--no-resume", is_flag=True, help="Start from scratch even if <out>/last.pt exists.")
+@click.option("--threads", type=int, default=None, help="Torch CPU threads (default: all cores).")
+def cli(config, data, out_dir, epochs, no_resume, threads):
+    train(config, data, out_dir, epochs=epochs, resume=not no_resume, threads=threads, log=click.echo)
+
+
+main = run(cli)

@@ -1,0 +1,35 @@
+"""Float spiking models: MK-SGN and Base-SGN* (paper Table 7), built from a :class:`ModelConfig`."""
+from __future__ import annotations
+
+from torch import nn
+
+from .base_sgn import BaseSGN
+from .config import ARCHS, ModelConfig
+from .mksgn import MKSGN
+
+__all__ = ["ModelConfig", "ARCHS", "build_model", "MKSGN", "BaseSGN"]
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """Build the model named by ``cfg.arch``.
+
+    Parameters
+    ----------
+    cfg : ModelConfig
+
+    Returns
+    -------
+    torch.nn.Module
+        Maps a float clip ``(N, C, T, V, M)`` to logits ``(N, num_classes)``.
+
+    Raises
+    ------
+    ConfigError
+        If ``cfg`` is not a :class:`ModelConfig` (the arch itself is validated by it).
+    """
+    from ..errors import ConfigError
+
+    if not isinstance(cfg, ModelConfig):
+        raise ConfigError(f"build_model needs a ModelConfig, got {type(cfg).__name__}; "
+                          "use ModelConfig.from_dict for a dict")
+    return MKSGN(cfg) if cfg.arch == "mksgn" else BaseSGN(cfg)
