@@ -107,7 +107,7 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, split: str = "test",
     sub = torch.utils.data.Subset(dataset, range(n_an))
     batches = (model_input(x, dataset.modalities)
                for x, _ in torch.utils.data.DataLoader(sub, batch_size=32))
-    report = analyse(model, batches)
+    report = analyse(model, batches, model.cfg.time_steps)
     result = {
         "checkpoint": str(checkpoint), "split": split, "clips": int(len(labels)),
         "top1": float(100 * (preds == labels).mean()),

@@ -64,11 +64,14 @@ def lif_scan(current: torch.Tensor, beta: float, threshold: float) -> tuple[torc
 def _integrate(current: torch.Tensor, beta: float, threshold: float) -> torch.Tensor:
     """Pre-reset membranes ``h[t]`` (see module docstring), shape ``(T_s, ...)``."""
     h_all = torch.empty(current.shape, dtype=current.dtype, device=current.device)
-    v = torch.zeros_like(current[0])
+    v = None
     for t in range(current.shape[0]):
-        h = torch.add(current[t], v, alpha=beta)
-        h_all[t] = h
-        v = h.masked_fill(h > threshold, 0.0)
+        h = h_all[t]
+        if v is None:
+            h.copy_(current[t])
+        else:
+            torch.add(current[t], v, alpha=beta, out=h)
+        v = h * (h <= threshold)  # hard reset: v = 0 where the neuron spiked
     return h_all
 
 
@@ -84,15 +87,16 @@ class _LIFFunction(torch.autograd.Function):
     def backward(ctx, grad_s):
         (h_all,) = ctx.saved_tensors
         beta, thr, a = ctx.beta, ctx.threshold, ctx.width
-        surrogate = ((h_all - thr).abs() < a / 2).to(h_all.dtype).div_(a)
-        keep = (h_all <= thr).to(h_all.dtype)  # 1 − s[t]: detached reset
+        window = (h_all - thr).abs_().lt_(a / 2)  # rectangular surrogate support
+        keep = h_all <= thr  # 1 − s[t]: the reset is detached
         grad_in = torch.empty_like(h_all)
         g_next = None
         for t in range(h_all.shape[0] - 1, -1, -1):
-            g = grad_s[t] * surrogate[t]
+            g = torch.mul(grad_s[t], window[t], out=grad_in[t])
+            if a != 1.0:
+                g.mul_(1.0 / a)
             if g_next is not None:  # h[t+1] = β·(1−s[t])·h[t] + I[t+1]
-                g = g + beta * g_next * keep[t]
-            grad_in[t] = g
+                g.add_(g_next * keep[t], alpha=beta)
             g_next = g
         return grad_in, None, None, None
 

@@ -201,7 +201,9 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
     t_start = time.time()
     for epoch in range(start, tcfg.epochs):
         train_set.set_epoch(epoch)
+        # per-epoch seeds (shuffle and dropout): a resumed run equals an uninterrupted one
         gen.manual_seed(tcfg.seed * 1000 + epoch)
+        torch.manual_seed(tcfg.seed * 1000 + epoch)
         loader = DataLoader(train_set, batch_size=tcfg.batch_size, shuffle=True, generator=gen,
                             drop_last=True)
         model.train()

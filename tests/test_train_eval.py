@@ -1,0 +1,160 @@
+"""Training, checkpoints and evaluation on a handful of real NW-UCLA clips."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mksgn.checkpoint import load_checkpoint, save_checkpoint
+from mksgn.errors import CheckpointError, ConfigError
+from mksgn.evaluate import evaluate, load_model
+from mksgn.train import load_config, train
+
+TINY_MODEL = {"arch": "mksgn", "layout": "ucla20", "num_classes": 10, "width": 0.0625,
+              "temporal_kernel": 3}
+TINY_TRAIN = {"epochs": 2, "batch_size": 4, "lr": 0.05, "warmup_epochs": 0, "lr_steps": [],
+              "seed": 3, "modalities": ["joint"], "dataset": "ucla"}
+
+
+@pytest.fixture(scope="module")
+def small_ucla(ucla_dir, tmp_path_factory):
+    """8 training + 6 test clips of the real data, linked (not copied) into a temp folder."""
+    d = tmp_path_factory.mktemp("ucla_small") / "all_sqe"
+    d.mkdir()
+    src = ucla_dir / "all_sqe"
+    names = [f"a{a:02d}_s01_e00_v{v:02d}.json" for a in (1, 2, 3, 4) for v in (1, 2)]
+    names += [f"a{a:02d}_s01_e00_v03.json" for a in (1, 2, 3, 4, 5, 6)]
+    for n in names:
+        (d / n).symlink_to(src / n)
+    return d.parent
+
+
+def write_config(path: Path, model=None, train=None) -> Path:
+    path.write_text(json.dumps({"model": {**TINY_MODEL, **(model or {})},
+                                "train": {**TINY_TRAIN, **(train or {})}}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(small_ucla, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cfg = write_config(out / "cfg.json")
+    metrics = train(cfg, small_ucla, out / "ckpt", log=lambda *a: None)
+    return out, cfg, metrics
+
+
+def test_checkpoint_contents(trained):
+    out, _, metrics = trained
+    ckpt = load_checkpoint(out / "ckpt" / "model.pt")
+    assert ckpt["config"]["model"]["arch"] == "mksgn"
+    assert ckpt["data"] == {"dataset": "ucla", "layout": "ucla20", "modalities": ["joint"],
+                            "window": 52, "protocol": "view3"}
+    assert len(ckpt["class_names"]) == 10 and ckpt["epoch"] == 2
+    assert "optimizer" not in ckpt  # the shippable file holds weights only
+    assert len(metrics["history"]) == 2 and 0 <= metrics["test_top1"] <= 100
+    assert "optimizer" in load_checkpoint(out / "ckpt" / "last.pt")
+    assert not list((out / "ckpt").glob("*.tmp"))
+
+
+def test_resume_continues_and_matches(trained, small_ucla, tmp_path):
+    """Stopping after epoch 1 and resuming gives bit-identical weights to an uninterrupted run."""
+    out, cfg, _ = trained
+    train(cfg, small_ucla, tmp_path, epochs=1, log=lambda *a: None)
+    logs = []
+    train(cfg, small_ucla, tmp_path, log=logs.append)
+    assert any("resuming" in line and "epoch 1" in line for line in logs)
+    a = load_checkpoint(tmp_path / "model.pt")["state_dict"]
+    b = load_checkpoint(out / "ckpt" / "model.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_evaluate_reports(trained, small_ucla, tmp_path):
+    out, _, metrics = trained
+    r = evaluate(out / "ckpt" / "model.pt", small_ucla, json_path=tmp_path / "r.json",
+                 plots_dir=tmp_path / "plots", progress=False)
+    assert r["clips"] == 6
+    assert r["top1"] == pytest.approx(metrics["test_top1"])  # same weights, same clips
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["top1"] == r["top1"] and "analysis" in saved
+    assert sum(map(sum, saved["confusion"])) == 6
+    assert (tmp_path / "plots" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_few_steps_reduce_the_loss(small_ucla, tmp_path):
+    """Overfitting a fixed real batch: the surrogate gradient trains the network."""
+    from mksgn.data import SkeletonDataset
+    from mksgn.models import ModelConfig, build_model
+    torch.manual_seed(0)
+    ds = SkeletonDataset(small_ucla, "train", train=False)
+    x = torch.stack([ds[i][0]["joint"] for i in range(len(ds))])
+    y = torch.tensor([ds[i][1] for i in range(len(ds))])
+    model = build_model(ModelConfig.from_dict({**TINY_MODEL, "width": 0.125, "dropout": 0.0}))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_bad_checkpoints(tmp_path, trained):
+    out, _, _ = trained
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_model(tmp_path / "none.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable torch checkpoint"):
+        load_model(tmp_path / "junk.pt")
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not an mksgn checkpoint"):
+        load_model(tmp_path / "foreign.pt")
+    ckpt = load_checkpoint(out / "ckpt" / "model.pt")
+    torch.save({**ckpt, "version": 99}, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="version 99 is not supported"):
+        load_model(tmp_path / "future.pt")
+    wrong = dict(ckpt)
+    wrong["config"] = {**ckpt["config"], "model": {**ckpt["config"]["model"], "width": 0.25}}
+    save_checkpoint(tmp_path / "shape.pt", {k: v for k, v in wrong.items() if k not in ("format", "version")})
+    with pytest.raises(CheckpointError, match="has shape"):
+        load_model(tmp_path / "shape.pt")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+    torch.save({"format": "mksgn-checkpoint", "x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="not a readable torch checkpoint"):
+        load_model(tmp_path / "evil.pt")
+
+
+def test_bad_configs(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.json")
+    (tmp_path / "a.json").write_text("{")
+    with pytest.raises(ConfigError, match="invalid JSON"):
+        load_config(tmp_path / "a.json")
+    with pytest.raises(ConfigError, match="unknown train setting"):
+        load_config(write_config(tmp_path / "b.json", train={"lr_warmup": 3}))
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(write_config(tmp_path / "c.json", model={"depth": 3}))
+
+
+def test_shipped_configs_parse():
+    root = Path(__file__).resolve().parent.parent / "configs"
+    files = sorted(root.glob("*.json"))
+    assert files
+    for f in files:
+        mcfg, tcfg = load_config(f)
+        assert mcfg.layout == "ucla20" and tcfg.dataset == "ucla"
+
+
+def test_eval_cli_errors(tmp_path, small_ucla):
+    exe = Path(sys.executable).parent / "mksgn-eval"
+    (tmp_path / "junk.pt").write_bytes(b"xx")
+    r = subprocess.run([str(exe), str(tmp_path / "junk.pt"), "--data", str(small_ucla)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "not a readable torch checkpoint" in r.stderr
