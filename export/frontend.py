@@ -1,0 +1,194 @@
+"""Frontend: a trained float model (MK-SGN or Base-SGN*) → the export IR (:mod:`export.ir`).
+
+The mapping follows the model's equations (paper eq. 3–14): every spiking neuron becomes a
+:class:`~export.ir.NeuronGroup`, every linear op in front of it a :class:`~export.ir.Synapse`
+from the spike *sum* it reads. Channel-split ops of the float model (the graph conv whose
+``2·C`` outputs feed ``SN_2`` and the attention value ``SN_V``; the ``qk`` conv feeding
+``SN_Q`` and ``SN_K``) become one synapse per target. BN stays attached (``bn``) until
+:func:`export.passes.fold_bn`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mksgn.errors import MksgnError
+from mksgn.evaluate import load_model
+from mksgn.graph import get_layout
+from mksgn.models.base_sgn import BaseSGN, BaseSGNLayer
+from mksgn.models.mksgn import MKSGN, ChannelAffine, MKSGNLayer
+
+from .errors import ExportError
+from .ir import INPUT, LOGITS, Graph, NeuronGroup, Synapse
+
+__all__ = ["from_model", "from_checkpoint"]
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().double().numpy().copy()
+
+
+def _bn(bn: nn.Module, rows: slice = slice(None)) -> tuple:
+    return (_np(bn.running_mean)[rows], _np(bn.running_var)[rows], _np(bn.weight)[rows],
+            _np(bn.bias)[rows], float(bn.eps))
+
+
+class _Builder:
+    def __init__(self, model):
+        cfg = model.cfg
+        self.cfg = cfg
+        layout = get_layout(cfg.layout)
+        self.V, self.M = layout.num_joints, layout.max_bodies
+        self.graph = Graph({}, {}, (cfg.in_channels, layout.window, self.V, self.M), cfg.time_steps,
+                           {"arch": cfg.arch, "layout": cfg.layout, "model_config": cfg.to_dict()})
+
+    def group(self, name, shape, layer, bias=None) -> str:
+        c = shape[0]
+        self.graph.groups[name] = NeuronGroup(name, tuple(int(s) for s in shape), self.cfg.beta,
+                                              self.cfg.threshold, np.zeros(c) if bias is None else bias,
+                                              layer=layer)
+        return name
+
+    def synapse(self, name, kind, sources, target, weight, layer, **kw) -> Synapse:
+        s = Synapse(name, kind, tuple(sources), target, np.asarray(weight, dtype=np.float64), layer=layer, **kw)
+        self.graph.synapses[name] = s
+        return s
+
+    def residual(self, name, module, sources, target, layer, stride=1):
+        """ChannelAffine → ``affine``; 1×1 conv + BN → ``conv``."""
+        if isinstance(module, ChannelAffine):
+            self.synapse(name, "affine", sources, target, _np(module.weight), layer,
+                         stride=module.stride, bias=_np(module.bias))
+        else:
+            conv, bn = module[0], module[1]
+            self.synapse(name, "conv", sources, target, _np(conv.weight), layer,
+                         stride=conv.stride[0], bn=_bn(bn))
+
+    def graph_conv(self, name, gcn, sources, target, layer, rows, bn):
+        w = _np(gcn.conv.weight)[rows, :, 0, 0]
+        self.synapse(name, "graph", sources, target, w, layer, adjacency=_np(gcn.A),
+                     bn=_bn(bn, rows))
+
+
+def _tconv_out(t: int, k: int, stride: int) -> int:
+    pad = (k - 1) // 2
+    return (t + 2 * pad - k) // stride + 1
+
+
+def from_model(model: nn.Module) -> Graph:
+    """Translate a float MK-SGN / Base-SGN* into the IR (eval-mode semantics, BN unfolded).
+
+    Parameters
+    ----------
+    model : MKSGN or BaseSGN
+
+    Returns
+    -------
+    Graph
+        Validated; group and synapse names are the model's module names (``sc.lif``,
+        ``layers.0.sa_sgc.lif1``, ``head.fc``, ...).
+
+    Raises
+    ------
+    ExportError
+        A model that is not MK-SGN / Base-SGN*.
+    """
+    if not isinstance(model, (MKSGN, BaseSGN)):
+        raise ExportError(f"cannot export a {type(model).__name__}: only MK-SGN and Base-SGN* "
+                          "checkpoints are supported")
+    b = _Builder(model)
+    cfg, g = b.cfg, b.graph
+    T = g.input_shape[1]
+    V = b.V
+    sc = model.sc
+    c = sc.conv.out_channels
+    x = (b.group("sc.lif", (c, T, V), "sc"),)
+    b.synapse("sc.conv", "input_conv", (INPUT,), "sc.lif", _np(sc.conv.weight), "sc",
+              padding=sc.conv.padding[0], bn=_bn(sc.bn))
+    for i, layer in enumerate(model.layers):
+        p = f"layers.{i}"
+        if isinstance(layer, MKSGNLayer):
+            x, c, T = _mksgn_layer(b, p, layer, x, c, T)
+        elif isinstance(layer, BaseSGNLayer):
+            x, c, T = _base_layer(b, p, layer, x, c, T)
+        else:
+            raise ExportError(f"{p}: unsupported layer type {type(layer).__name__}")
+    head = model.head
+    b.group("head.lif", (c, 1, 1), "head")
+    b.synapse("head.pool", "pool", x, "head.lif", np.full(c, 1.0 / (T * V * b.M)), "head",
+              bn=_bn(head.bn))
+    b.synapse("head.fc", "readout", ("head.lif",), LOGITS, _np(head.fc.weight), "head",
+              bias=_np(head.fc.bias))
+    return g.validate()
+
+
+def _mksgn_layer(b: _Builder, p: str, layer: MKSGNLayer, x, c_in, T):
+    sa, sg, stc = layer.sa_sgc, layer.sg_sa, layer.stc
+    c = sa.gcn.conv.out_channels // 2
+    V = b.V
+    L = p
+    lif1 = b.group(f"{p}.sa_sgc.lif1", (c, T, V), L)
+    b.residual(f"{p}.sa_sgc.res", sa.res, x, lif1, L)
+    lif2 = b.group(f"{p}.sa_sgc.lif2", (c, T, V), L)
+    b.graph_conv(f"{p}.sa_sgc.gcn", sa.gcn, x, lif2, L, slice(0, c), sa.bn)
+    lifv = b.group(f"{p}.sg_sa.lifv", (c, T, V), L)
+    b.graph_conv(f"{p}.sg_sa.v", sa.gcn, x, lifv, L, slice(c, 2 * c), sa.bn)
+    h0 = (lif1, lif2)
+    lifq = b.group(f"{p}.sg_sa.lifq", (c, T, V), L)
+    lifk = b.group(f"{p}.sg_sa.lifk", (c, T, V), L)
+    w = _np(sg.qk.weight)
+    b.synapse(f"{p}.sg_sa.q", "conv", h0, lifq, w[:c], L, bn=_bn(sg.qk_bn, slice(0, c)))
+    b.synapse(f"{p}.sg_sa.k", "conv", h0, lifk, w[c:], L, bn=_bn(sg.qk_bn, slice(c, 2 * c)))
+    lifkv = b.group(f"{p}.sg_sa.lifkv", (c, T, V), L)
+    b.synapse(f"{p}.sg_sa.attn", "attention", (lifq, lifk, lifv), lifkv, np.array(sg.attn.scale), L)
+    h_sa = (lif1, lif2, lifkv)
+    stride = stc.tconv.stride[0]
+    k = stc.tconv.kernel_size[0]
+    T2 = _tconv_out(T, k, stride)
+    res_lif = b.group(f"{p}.stc.res_lif", (c, T2, V), L)
+    b.residual(f"{p}.stc.res", stc.res, h_sa, res_lif, L)
+    lif = b.group(f"{p}.stc.lif", (c, T2, V), L)
+    b.synapse(f"{p}.stc.tconv", "conv", h_sa, lif, _np(stc.tconv.weight), L, stride=stride,
+              padding=stc.tconv.padding[0], bn=_bn(stc.bn))
+    b.synapse(f"{p}.stc.res_sum", "affine", (res_lif,), lif, np.ones(c), L)
+    return (lif,), c, T2
+
+
+def _base_layer(b: _Builder, p: str, layer: BaseSGNLayer, x, c_in, T):
+    c = layer.gcn.conv.out_channels
+    V = b.V
+    gl = b.group(f"{p}.gcn_lif", (c, T, V), p)
+    b.graph_conv(f"{p}.gcn", layer.gcn, x, gl, p, slice(0, c), layer.gcn_bn)
+    stride = layer.tconv.stride[0]
+    T2 = _tconv_out(T, layer.tconv.kernel_size[0], stride)
+    lif = b.group(f"{p}.lif", (c, T2, V), p)
+    b.synapse(f"{p}.tconv", "conv", (gl,), lif, _np(layer.tconv.weight), p, stride=stride,
+              padding=layer.tconv.padding[0], bn=_bn(layer.tconv_bn))
+    if layer.res is not None:
+        b.residual(f"{p}.res", layer.res, x, lif, p)
+    return (lif,), c, T2
+
+
+def from_checkpoint(path: str | Path) -> tuple[Graph, dict]:
+    """Load a checkpoint (``weights_only=True``) and translate it; returns ``(graph, ckpt)``.
+
+    Raises
+    ------
+    ExportError
+        Missing/corrupt/foreign checkpoint, non-finite weights, unsupported model.
+    """
+    try:
+        model, ckpt = load_model(path)
+    except MksgnError as exc:
+        raise ExportError(str(exc)) from None
+    bad = [k for k, v in ckpt["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ExportError(f"{path}: non-finite (NaN/Inf) values in {', '.join(bad[:3])}; "
+                          "the checkpoint cannot be quantised — retrain or pick another epoch")
+    g = from_model(model)
+    g.meta.update(class_names=list(ckpt["class_names"]), data=dict(ckpt["data"]),
+                  checkpoint_metrics={k: v for k, v in ckpt.get("metrics", {}).items() if k != "history"})
+    return g, ckpt

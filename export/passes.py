@@ -1,0 +1,239 @@
+"""Graph passes: each a plain function ``Graph -> Graph`` returning a new graph (input untouched).
+
+Order used by :func:`export.pipeline.export_graph`::
+
+    fold_bn → fold_graph → fold_fusion → balance_delays → quantise (calibrated)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ExportError
+from .ir import INPUT, LOGITS, Graph
+
+__all__ = ["fold_bn", "fold_graph", "fold_fusion", "balance_delays"]
+
+
+def _out_axis_scale(weight: np.ndarray, kind: str, scale: np.ndarray) -> np.ndarray:
+    """Multiply the output-channel axis of a synapse weight by ``scale`` (C_out,)."""
+    if kind in ("input_conv", "conv"):
+        return weight * scale[:, None, None, None]
+    if kind in ("affine", "pool"):
+        return weight * scale
+    if kind == "graph":
+        return weight * scale[:, None]
+    raise ExportError(f"cannot fold BN into a {kind} synapse")
+
+
+def fold_bn(graph: Graph) -> Graph:
+    """Fold every synapse's BN (eval statistics) into its weights and its target's bias.
+
+    ``BN(y) = γ·(y − μ)/√(σ² + ε) + β = a·y + b`` with ``a = γ/√(σ²+ε)``, ``b = β − a·μ``:
+    the weight's output channels are scaled by ``a`` and ``b`` is added to the target
+    neuron group's bias. A synapse's own bias (e.g. the per-channel affine's) moves to the
+    target bias too, so afterwards only the readout carries a bias.
+
+    Raises
+    ------
+    ExportError
+        BN on a synapse kind that has no output-channel axis (attention, readout), or a
+        non-finite folded value.
+    """
+    g = graph.copy()
+    for s in g.synapses.values():
+        if s.kind == "readout":
+            continue
+        tgt = g.groups[s.target]
+        if s.bn is not None:
+            mean, var, gamma, beta, eps = s.bn
+            a = gamma / np.sqrt(var + eps)
+            s.weight = _out_axis_scale(s.weight, s.kind, a)
+            tgt.bias = tgt.bias + beta - a * mean
+            s.bn = None
+        if s.bias is not None:
+            tgt.bias = tgt.bias + s.bias
+            s.bias = None
+        if not np.isfinite(s.weight).all() or not np.isfinite(tgt.bias).all():
+            raise ExportError(f"{s.name}: folding BN gave non-finite values (zero running variance?)")
+    return g
+
+
+def graph_dense(weight: np.ndarray, adjacency: np.ndarray) -> np.ndarray:
+    """Per-frame joint-mixing matrix of a graph conv (DESIGN "Graph conv").
+
+    ``out[c', w] = Σ_k Σ_c Σ_v W_k[c', c]·A_k[v, w]·x[c, v]`` with ``W_k[c', c] =
+    weight[c', k·C + c]``; returns ``D`` of shape ``(C'·V, C·V)`` with
+    ``D[c'·V + w, c·V + v] = Σ_k W_k[c', c]·A_k[v, w]`` — the Kronecker sum
+    ``Σ_k W_k ⊗ A_kᵀ``.
+    """
+    K, V, _ = adjacency.shape
+    c_out = weight.shape[0]
+    c_in = weight.shape[1] // K
+    Wk = weight.reshape(c_out, K, c_in).transpose(1, 0, 2)  # (K, C', C)
+    return sum(np.kron(Wk[k], adjacency[k].T) for k in range(K))
+
+
+def fold_graph(graph: Graph) -> Graph:
+    """Fold the normalised adjacency into every graph-conv synapse (:func:`graph_dense`).
+
+    Afterwards ``weight`` is the ``(C'·V, C·V)`` matrix and ``adjacency`` is None; entries
+    that are exactly zero are absent synapses (``meta["nnz"]`` counts the others).
+    """
+    g = graph.copy()
+    for s in g.synapses.values():
+        if s.kind == "graph" and s.adjacency is not None:
+            if s.bn is not None:
+                raise ExportError(f"{s.name}: run fold_bn before fold_graph")
+            s.weight = graph_dense(s.weight, s.adjacency)
+            s.adjacency = None
+            s.meta["nnz"] = int(np.count_nonzero(s.weight))
+    return g
+
+
+def fold_fusion(graph: Graph) -> Graph:
+    """Fold frozen SMF fusion weights (paper eq. 24) into the encoders' synapses.
+
+    Single-modality graphs carry no fusion weights and pass through unchanged; a graph
+    whose ``meta`` has ``fusion_weights`` is not supported until SMF lands (issue 4).
+
+    Raises
+    ------
+    ExportError
+        Fusion weights present.
+    """
+    if graph.meta.get("fusion_weights") is not None:
+        raise ExportError("multimodal (SMF) checkpoints are not exportable yet (issue 4)")
+    return graph.copy()
+
+
+def balance_delays(graph: Graph) -> Graph:
+    """Delay-balance the graph for Lava, where every synapse hop costs one time step.
+
+    ``latency(G) = max over incoming synapses s, sources u of (latency(u) + 1)`` with the
+    host input at latency 0. Each (synapse, source) connection gets
+    ``delay = latency(target) − 1 − latency(source)`` extra steps, so every input of a
+    neuron — including the several spike trains summed by a residual connection and the
+    Q, K, V of the attention — arrives in the same step. The readout's latency is recorded
+    in ``meta["readout_latency"]``. Sets ``NeuronGroup.latency`` and
+    ``Synapse.meta["delays"]`` (source → steps).
+    """
+    g = graph.copy()
+    lat = {INPUT: 0}
+    for name in g.groups:
+        ins = g.incoming(name)
+        lat[name] = max(lat[u] + 1 for s in ins for u in s.sources)
+        g.groups[name].latency = lat[name]
+    for s in g.synapses.values():
+        target_lat = lat[s.target] if s.target != LOGITS else max(lat[u] for u in s.sources) + 1
+        s.meta["delays"] = {u: target_lat - 1 - lat[u] for u in s.sources}
+    g.meta["readout_latency"] = max(lat[u] for s in g.incoming(LOGITS) for u in s.sources) + 1
+    g.meta["latency"] = {n: grp.latency for n, grp in g.groups.items()}
+    return g
+
+
+# Headroom of the 24-bit state: v ≈ a_in·2⁶/(1 − β) must stay below 2²³, so the largest
+# calibrated |current|·scale is kept under 2¹⁶ (a factor 2 of margin for β = 0.25).
+STATE_BUDGET = 2 ** 16
+MAX_INPUT_FRAC_BITS = 12
+
+
+def _pow2_floor(x: float) -> float:
+    return 2.0 ** np.floor(np.log2(x))
+
+
+def _calib_weight(s, input_frac_bits: int) -> np.ndarray:
+    """Float weight per unit of the integer input (the host input is ``x·2^frac_bits``)."""
+    return s.weight / 2.0 ** input_frac_bits if s.kind == "input_conv" else s.weight
+
+
+def quantise(graph: Graph, calib_x, input_frac_bits: int | None = None) -> Graph:
+    """Quantise to Loihi fixed point with per-layer scales calibrated on real clips.
+
+    Per neuron group a power-of-two current scale ``S`` (integer ``a_in`` per unit of float
+    current, :func:`export.fixed_point.quantise_weights`) is chosen as the largest with
+
+    * ``max|I|·S ≤ 2¹⁶`` (``I`` = input current incl. bias, max over the calibration clips):
+      keeps ``u = a_in·2⁶`` and ``v`` inside their 24 bits;
+    * ``vth·S ≤ 2¹⁷ − 1`` (17-bit ``vth`` mantissa);
+    * ``max|W|·S ≤ 254·2⁷`` for every incoming synapse (8-bit weights, ``weight_exp`` ≤ 7);
+    * ``max|bias|·S·2⁶ ≤ 4095·2⁷`` (13-bit ``bias_mant``, 3-bit ``bias_exp``).
+
+    Then ``du = 4095`` (current = instantaneous input), ``dv = round(4096·(1 − β))``,
+    ``vth_mant = round(vth·S)``, ``(bias_mant, bias_exp)`` per channel, and for every
+    incoming synapse an 8-bit mixed-sign weight mantissa (even values in [−256, 254], Lava's
+    ``truncate_weights`` grid) with the smallest ``weight_exp`` in [−8, 7] that fits
+    ``W·S``. The host-side input is quantised to ``2^-input_frac_bits`` m. The readout keeps
+    ``weight_exp = 0`` with the largest power-of-two scale that fits its weights.
+
+    Parameters
+    ----------
+    graph : Graph
+        BN and adjacency folded.
+    calib_x : Tensor ``(N, C, T, V, M)``
+        Calibration clips (real training clips).
+    input_frac_bits : int, optional
+        Default: the most bits (≤ 12) with ``max|x|·2^bits < 2¹⁵`` on the calibration clips.
+
+    Returns
+    -------
+    Graph with integer parameters and ``meta["quantisation"]`` (per group: scale,
+    vth_mant, max current; per synapse: weight_exp, max relative weight error) and
+    ``meta["input_frac_bits"]``, ``meta["readout_scale"]``.
+
+    Raises
+    ------
+    ExportError
+        Unfolded BN/adjacency, no calibration clips, a silent group (no current), or
+        weights that need ``weight_exp`` > 7 (cannot be represented).
+    """
+    from . import fixed_point as fx
+    from .twin import run_graph
+
+    for s in graph.synapses.values():
+        if s.bn is not None or s.adjacency is not None:
+            raise ExportError(f"{s.name}: fold BN and adjacency before quantising")
+    if calib_x is None or len(calib_x) == 0:
+        raise ExportError("quantisation needs calibration clips (--calib-data)")
+    g = graph.copy()
+    ref = run_graph(graph, calib_x, mode="float", track_currents=True)
+    if input_frac_bits is None:
+        xmax = float(calib_x.abs().max())
+        input_frac_bits = int(min(MAX_INPUT_FRAC_BITS, np.floor(np.log2((2 ** 15 - 1) / max(2 * xmax, 1e-9)))))
+    g.meta["input_frac_bits"] = int(input_frac_bits)
+    report = {"groups": {}, "synapses": {}}
+    for name, grp in g.groups.items():
+        imax = ref.currents_absmax.get(name, 0.0)
+        if imax <= 0:
+            raise ExportError(f"neuron group {name} receives no current on the calibration clips")
+        bmax = float(np.abs(grp.bias).max()) if grp.bias.size else 0.0
+        wmax = max(np.abs(_calib_weight(s, input_frac_bits)).max() for s in g.incoming(name))
+        limits = [STATE_BUDGET / imax, fx.VTH_MAX / grp.threshold,
+                  fx.weight_grid(fx.WEIGHT_BITS, fx.MIXED)[2] * 2.0 ** fx.WEIGHT_EXP_MAX / max(wmax, 1e-30),
+                  np.inf if bmax == 0 else
+                  fx.BIAS_MANT_MAX * 2 ** fx.BIAS_EXP_MAX / (bmax * 2 ** fx.ACT_SHIFT)]
+        S = _pow2_floor(min(limits))
+        grp.scale = S
+        grp.du = fx.DU_MAX
+        grp.dv = int(fx.quantise_decay(grp.beta))
+        grp.vth_mant = int(fx.quantise_threshold(grp.threshold, S))
+        grp.bias_mant, grp.bias_exp = (np.asarray(a, dtype=np.int64) for a in fx.quantise_bias(grp.bias, S))
+        report["groups"][name] = {"scale": S, "vth_mant": grp.vth_mant, "max_current": imax,
+                                  "limited_by": ["state", "vth", "weights", "bias"][int(np.argmin(limits))]}
+        for s in g.incoming(name):
+            w = _calib_weight(s, input_frac_bits)
+            mant, exp, _ = fx.quantise_weights(w, current_scale=S)
+            if exp >= fx.WEIGHT_EXP_MAX and np.abs(w).max() * S / 2.0 ** exp > 256:
+                raise ExportError(f"{s.name}: weights up to {np.abs(w).max():.3g} need weight_exp > "
+                                  f"{fx.WEIGHT_EXP_MAX} at scale {S:g}; they cannot be represented")
+            s.weight_mant, s.weight_exp = np.asarray(mant, dtype=np.int64), int(exp)
+            err = np.abs(mant * 2.0 ** exp - w * S).max() / max(np.abs(w * S).max(), 1e-30)
+            report["synapses"][s.name] = {"weight_exp": int(exp), "max_rel_weight_error": float(err)}
+    for s in g.incoming("logits"):
+        mant, exp, scale = fx.quantise_weights(s.weight)
+        s.weight_mant, s.weight_exp = np.asarray(mant, dtype=np.int64), int(exp)
+        s.meta["bias_int"] = np.round(s.bias * scale).astype(np.int64)
+        s.meta["scale"] = scale
+        g.meta["readout_scale"] = scale
+        report["synapses"][s.name] = {"weight_exp": int(exp), "scale": scale}
+    g.meta["quantisation"] = report
+    return g

@@ -1,0 +1,235 @@
+"""Run the IR in PyTorch: float semantics (to check the frontend and passes) or Loihi integer
+semantics (the *fixed-point twin* that Lava must equal bit for bit).
+
+Both modes use the model's zero-delay time semantics: at time step ``t`` every neuron group
+sees the step-``t`` spikes of its sources (Lava adds one step per hop; ``hw_sim`` compares
+after the latency recorded by :func:`export.passes.balance_delays`).
+
+Integer mode does all synaptic arithmetic on float64 tensors that hold integers (exact:
+every sum stays far below 2⁵³) and all neuron arithmetic through :mod:`export.fixed_point`,
+the one home of Loihi's rules.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import fixed_point as fx
+from .errors import ExportError
+from .ir import INPUT, LOGITS, Graph, Synapse
+
+__all__ = ["run_graph", "RunResult", "synapse_op", "quantise_input"]
+
+
+@dataclass
+class RunResult:
+    """Output of :func:`run_graph`.
+
+    Attributes
+    ----------
+    logits : Tensor ``(N, classes)``
+        Float mode: mean over time steps of the readout. Integer mode: the integer sum over
+        time steps (float64 holding integers); divide by ``readout scale · T_s`` for float units.
+    spikes, u, v, a_in : dict name → Tensor ``(T_s, B, C, T, V)``
+        Recorded groups only (``record``); ``u``/``v``/``a_in`` in integer mode only
+        (float mode records ``v`` as the float membrane).
+    spike_counts : dict name → int, total spikes of every group over the batch.
+    saturation : dict name → dict of counts (``v`` clipped at ±(2²³−1), ``u`` wrapped at
+        24 bits) — integer mode.
+    """
+
+    logits: torch.Tensor
+    spikes: dict = field(default_factory=dict)
+    u: dict = field(default_factory=dict)
+    v: dict = field(default_factory=dict)
+    a_in: dict = field(default_factory=dict)
+    spike_counts: dict = field(default_factory=dict)
+    saturation: dict = field(default_factory=dict)
+    currents_absmax: dict = field(default_factory=dict)
+
+
+def quantise_input(x: torch.Tensor, frac_bits: int) -> torch.Tensor:
+    """Host-side input quantisation: ``round(x · 2^frac_bits)`` (float64 holding integers).
+
+    Raises
+    ------
+    ExportError
+        If a value does not fit 16 signed bits at this resolution.
+    """
+    q = torch.round(x.double() * (2.0 ** frac_bits))
+    if q.abs().max() > 2 ** 15 - 1:
+        raise ExportError(f"input coordinate {float(x.abs().max()):.3f} m does not fit 16 bits at "
+                          f"2^-{frac_bits} m resolution")
+    return q
+
+
+def synapse_op(s: Synapse, xs: list, weight: np.ndarray | torch.Tensor, num_bodies: int) -> torch.Tensor:
+    """The linear map of a synapse on its (summed) input, with the given weight.
+
+    Parameters
+    ----------
+    s : Synapse
+    xs : list of Tensor
+        Source tensors ``(B, C, T, V)`` (summed, except for attention: ``[Q, K, V]``).
+    weight : array
+        ``s.weight`` (float) or ``s.weight_mant`` (integer-valued).
+    num_bodies : int
+        M, for the pool's sum over bodies.
+
+    Returns
+    -------
+    Tensor ``(B, C', T', V)``; ``(N, C, 1, 1)`` for pool; ``(N, classes)`` for readout.
+    """
+    w = torch.as_tensor(np.asarray(weight), dtype=torch.float64)
+    if s.kind == "attention":
+        q, k, v = (z.permute(0, 2, 3, 1) for z in xs)  # (B, T, V, C)
+        return ((q @ k.transpose(-1, -2)) @ v).permute(0, 3, 1, 2) * w
+    x = xs[0]
+    for extra in xs[1:]:
+        x = x + extra
+    if s.kind in ("input_conv", "conv"):
+        return F.conv2d(x, w, stride=(s.stride, 1), padding=(s.padding, 0))
+    if s.kind == "affine":
+        return x[:, :, :: s.stride] * w.view(1, -1, 1, 1)
+    if s.kind == "graph":
+        if s.adjacency is not None:
+            A = torch.as_tensor(s.adjacency, dtype=torch.float64)
+            K = A.shape[0]
+            z = torch.einsum("bctv,kvw->bkctw", x, A).flatten(1, 2)  # (B, K·C, T, V)
+            return torch.einsum("oi,bitv->botv", w, z)
+        b, c, t, v = x.shape
+        y = x.permute(0, 2, 1, 3).reshape(b, t, c * v) @ w.T
+        return y.view(b, t, -1, v).permute(0, 2, 1, 3)
+    if s.kind == "pool":
+        b, c = x.shape[:2]
+        total = x.view(b // num_bodies, num_bodies, c, -1).sum(dim=(1, 3))
+        return (total * w).view(-1, c, 1, 1)
+    if s.kind == "readout":
+        return x.flatten(1) @ w.T
+    raise ExportError(f"{s.name}: unknown synapse kind {s.kind}")
+
+
+def _float_post(s: Synapse, y: torch.Tensor) -> torch.Tensor:
+    if s.bn is not None:
+        mean, var, gamma, beta, eps = (torch.as_tensor(p, dtype=torch.float64) for p in s.bn)
+        shape = (1, -1) + (1,) * (y.dim() - 2)
+        y = (y - mean.view(shape)) / torch.sqrt(var.view(shape) + eps) * gamma.view(shape) + beta.view(shape)
+    if s.bias is not None:
+        b = torch.as_tensor(s.bias, dtype=torch.float64)
+        y = y + b.view((1, -1) + (1,) * (y.dim() - 2))
+    return y
+
+
+def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
+              track_currents: bool = False) -> RunResult:
+    """Run the graph on a batch of clips.
+
+    Parameters
+    ----------
+    graph : Graph
+        Any stage for ``mode="float"``; quantised for ``mode="int"``.
+    x : Tensor ``(N, C, T, V, M)``
+        Preprocessed clips (metres).
+    mode : {"float", "int"}
+    record : iterable of group names, or True for all
+        Groups whose per-step spikes (and u, v, a_in in integer mode) are returned.
+    track_currents : bool
+        Float mode: record each group's max |input current| (threshold units) for calibration.
+
+    Returns
+    -------
+    RunResult
+
+    Raises
+    ------
+    ExportError
+        Integer mode on an unquantised graph, or an input of the wrong shape.
+    """
+    if mode not in ("float", "int"):
+        raise ValueError("mode must be 'float' or 'int'")
+    integer = mode == "int"
+    if integer and not graph.quantised:
+        raise ExportError("integer mode needs a quantised graph (run export.passes.quantise)")
+    C, _, V, M = graph.input_shape
+    if x.dim() != 5 or x.shape[1] != C or x.shape[3] != V or x.shape[4] != M:
+        raise ExportError(f"input has shape {tuple(x.shape)}; the graph expects (N, {C}, T, {V}, {M})")
+    n = x.shape[0]
+    rec = set(graph.groups) if record is True else set(record)
+    xin = x.double().permute(0, 4, 1, 2, 3).reshape(n * M, C, x.shape[2], V)
+    if integer:
+        xin = quantise_input(xin, graph.meta["input_frac_bits"])
+    result = RunResult(logits=None)
+    state = {}
+    const = {}  # synapses from the host input: the same current at every step
+    steps = graph.time_steps
+    for name, g in graph.groups.items():
+        result.spike_counts[name] = 0
+        if integer:
+            result.saturation[name] = {"v_clip": 0, "u_wrap": 0}
+    logits = 0
+    for t in range(steps):
+        spikes = {}
+        for name, g in graph.groups.items():
+            cur = 0
+            for s in graph.incoming(name):
+                if s.sources == (INPUT,) and s.name in const:
+                    y = const[s.name]
+                else:
+                    xs = [xin] if s.sources == (INPUT,) else [spikes[u] for u in s.sources]
+                    if integer:
+                        y = fx.shift_exp(synapse_op(s, xs, s.weight_mant, M), s.weight_exp)
+                    else:
+                        y = _float_post(s, synapse_op(s, xs, s.weight, M))
+                    if s.sources == (INPUT,):
+                        const[s.name] = y
+                cur = cur + y
+            if integer:
+                a_in = cur.to(torch.int64)
+                u0, v0 = state.get(name, (torch.zeros_like(a_in), torch.zeros_like(a_in)))
+                sat = result.saturation[name]
+                per_channel = (1, -1, 1, 1)
+                u, v, s_out, flags = fx.lif_step_torch(
+                    u0, v0, a_in, g.du, g.dv, g.vth_mant,
+                    torch.as_tensor(g.bias_mant).view(per_channel),
+                    torch.as_tensor(g.bias_exp).view(per_channel))
+                sat["v_clip"] += flags["v_clip"]
+                sat["u_wrap"] += flags["u_wrap"]
+                state[name] = (u, v)
+                sp = s_out.to(torch.float64)
+            else:
+                bias = torch.as_tensor(g.bias, dtype=torch.float64).view(1, -1, 1, 1)
+                current = cur + bias
+                if track_currents:
+                    m = float(current.abs().max())
+                    result.currents_absmax[name] = max(result.currents_absmax.get(name, 0.0), m)
+                v0 = state.get(name, torch.zeros_like(current))
+                h = g.beta * v0 + current
+                sp = (h > g.threshold).to(torch.float64)
+                v = h * (1 - sp)
+                state[name] = v
+            spikes[name] = sp
+            result.spike_counts[name] += int(sp.sum())
+            if name in rec:
+                result.spikes.setdefault(name, []).append(sp.to(torch.int8))
+                if integer:
+                    result.u.setdefault(name, []).append(u)
+                    result.v.setdefault(name, []).append(v)
+                    result.a_in.setdefault(name, []).append(a_in)
+                else:
+                    result.v.setdefault(name, []).append(v)
+        for s in graph.incoming(LOGITS):
+            xs = [spikes[u] for u in s.sources]
+            if integer:
+                y = fx.shift_exp(synapse_op(s, xs, s.weight_mant, M), s.weight_exp) \
+                    + torch.as_tensor(s.meta["bias_int"], dtype=torch.float64)
+            else:
+                y = _float_post(s, synapse_op(s, xs, s.weight, M))
+            logits = logits + y
+    result.logits = logits if integer else logits / steps
+    for d in (result.spikes, result.u, result.v, result.a_in):
+        for k in list(d):
+            d[k] = torch.stack(d[k])
+    return result
