@@ -135,6 +135,9 @@ def balance_delays(graph: Graph) -> Graph:
 # calibrated |current|·scale is kept under 2¹⁶ (a factor 2 of margin for β = 0.25).
 STATE_BUDGET = 2 ** 16
 MAX_INPUT_FRAC_BITS = 12
+# Below this threshold mantissa a neuron's resolution (1/vth of its threshold) is too coarse
+# for the float model to survive; such weights count as not representable.
+MIN_VTH_MANT = 16
 
 
 def _pow2_floor(x: float) -> float:
@@ -183,8 +186,9 @@ def quantise(graph: Graph, calib_x, input_frac_bits: int | None = None) -> Graph
     Raises
     ------
     ExportError
-        Unfolded BN/adjacency, no calibration clips, a silent group (no current), or
-        weights that need ``weight_exp`` > 7 (cannot be represented).
+        Unfolded BN/adjacency, no calibration clips, or
+        weights/currents so large that the threshold mantissa would drop below
+        ``MIN_VTH_MANT`` (cannot be represented).
     """
     from . import fixed_point as fx
     from .twin import run_graph
@@ -202,16 +206,19 @@ def quantise(graph: Graph, calib_x, input_frac_bits: int | None = None) -> Graph
     g.meta["input_frac_bits"] = int(input_frac_bits)
     report = {"groups": {}, "synapses": {}}
     for name, grp in g.groups.items():
-        imax = ref.currents_absmax.get(name, 0.0)
-        if imax <= 0:
-            raise ExportError(f"neuron group {name} receives no current on the calibration clips")
+        imax = ref.currents_absmax.get(name, 0.0)  # 0: silent on every clip
         bmax = float(np.abs(grp.bias).max()) if grp.bias.size else 0.0
         wmax = max(np.abs(_calib_weight(s, input_frac_bits)).max() for s in g.incoming(name))
-        limits = [STATE_BUDGET / imax, fx.VTH_MAX / grp.threshold,
+        limits = [STATE_BUDGET / imax if imax > 0 else np.inf, fx.VTH_MAX / grp.threshold,
                   fx.weight_grid(fx.WEIGHT_BITS, fx.MIXED)[2] * 2.0 ** fx.WEIGHT_EXP_MAX / max(wmax, 1e-30),
                   np.inf if bmax == 0 else
                   fx.BIAS_MANT_MAX * 2 ** fx.BIAS_EXP_MAX / (bmax * 2 ** fx.ACT_SHIFT)]
         S = _pow2_floor(min(limits))
+        if grp.threshold * S < MIN_VTH_MANT:
+            why = ["currents", "the threshold", "weights", "biases"][int(np.argmin(limits))]
+            raise ExportError(f"neuron group {name}: {why} too large to represent (max current "
+                              f"{imax:.3g}, max weight {wmax:.3g}, max bias {bmax:.3g} thresholds); vth "
+                              f"mantissa would be {grp.threshold * S:.3g} < {MIN_VTH_MANT}")
         grp.scale = S
         grp.du = fx.DU_MAX
         grp.dv = int(fx.quantise_decay(grp.beta))

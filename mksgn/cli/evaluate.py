@@ -10,8 +10,10 @@ from .common import run
 
 
 @click.command(help="Evaluate a checkpoint on real clips: top-1 (%), per-class accuracy, confusion "
-                    "matrix, and per-layer firing rate / FLOPs / SOPs / energy (paper eq. 33-37).")
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+                    "matrix, and per-layer firing rate / FLOPs / SOPs / energy (paper eq. 33-37). Given an "
+                    "export directory (mksgn-export), evaluates the quantised network in Loihi integer "
+                    "arithmetic instead (same JSON keys).")
+@click.argument("checkpoint", type=click.Path(path_type=Path), metavar="CHECKPOINT|EXPORT_DIR")
 @click.option("--data", type=click.Path(path_type=Path), required=True,
               help="Dataset folder, e.g. ../shared/data/nw-ucla.")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True,
@@ -23,6 +25,14 @@ from .common import run
 @click.option("--analysis-clips", type=int, default=None,
               help="Clips used for the firing-rate/energy analysis (default: the whole split).")
 def cli(checkpoint, data, split, json_path, plots_dir, analysis_clips):
+    if Path(checkpoint).is_dir():  # an export directory: evaluate the quantised network
+        from export.evaluate import evaluate_export
+        r = evaluate_export(checkpoint, data, split, json_path, plots_dir)
+        click.echo(f"\n{Path(checkpoint).name} (quantised, {r['target']}) on {split} ({r['clips']} clips): "
+                   f"top-1 {r['top1']:.2f}%")
+        for name, counts in r["saturation"].items():
+            click.echo(f"  saturation in {name}: {counts}")
+        return
     r = evaluate(checkpoint, data, split, json_path, plots_dir, analysis_clips)
     click.echo(f"\n{Path(checkpoint).name} on {split} ({r['clips']} clips): top-1 {r['top1']:.2f}%")
     width = max(len(n) for n in r["per_class"])

@@ -1,0 +1,143 @@
+"""Export passes on hand-built graphs with known results, and the twin on real clips."""
+import numpy as np
+import pytest
+import torch
+
+from export.errors import ExportError
+from export.frontend import from_model
+from export.ir import INPUT, LOGITS, Graph, NeuronGroup, Synapse
+from export.passes import balance_delays, fold_bn, fold_graph, graph_dense, quantise
+from export.twin import run_graph
+
+from .export_fixtures import real_clips, tiny_model, tiny_quantised
+
+
+def _group(name, shape, bias=None):
+    return NeuronGroup(name, shape, 0.25, 1.0, np.zeros(shape[0]) if bias is None else bias)
+
+
+def chain_graph():
+    """input → conv(+BN) → a → graph conv → b → (a, b) summed by affine → c → pool → d → readout."""
+    rng = np.random.default_rng(0)
+    V, T = 3, 4
+    A = np.stack([np.eye(V), np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], float),
+                  np.array([[0, 1, 0], [0, 0, 1], [0, 0, 0]], float)])
+    groups = {"a": _group("a", (2, T, V)), "b": _group("b", (2, T, V)), "c": _group("c", (2, T, V)),
+              "d": _group("d", (2, 1, 1))}
+    bn = (rng.normal(size=2), rng.uniform(0.5, 2, 2), rng.uniform(0.5, 2, 2), rng.normal(size=2), 1e-5)
+    syn = [Synapse("in", "input_conv", (INPUT,), "a", rng.normal(size=(2, 1, 3, 1)), padding=1, bn=bn),
+           Synapse("g", "graph", ("a",), "b", rng.normal(size=(2, 6)), adjacency=A),
+           Synapse("r", "affine", ("a", "b"), "c", np.array([0.7, -0.4]), bias=np.array([0.1, 0.2])),
+           Synapse("p", "pool", ("c",), "d", np.full(2, 1 / (T * V))),
+           Synapse("fc", "readout", ("d",), LOGITS, rng.normal(size=(3, 2)), bias=np.zeros(3))]
+    return Graph(groups, {s.name: s for s in syn}, (1, T, V, 1), 4).validate()
+
+
+def test_fold_bn_exact():
+    g = chain_graph()
+    f = fold_bn(g)
+    mean, var, gamma, beta, eps = g.synapses["in"].bn
+    a = gamma / np.sqrt(var + eps)
+    np.testing.assert_allclose(f.synapses["in"].weight, g.synapses["in"].weight * a[:, None, None, None])
+    np.testing.assert_allclose(f.groups["a"].bias, beta - a * mean)
+    np.testing.assert_allclose(f.groups["c"].bias, [0.1, 0.2])  # the affine's bias moved to its target
+    assert f.synapses["in"].bn is None and g.synapses["in"].bn is not None  # input untouched
+    x = torch.randn(5, 1, 4, 3, 1) * 3
+    assert torch.allclose(run_graph(g, x, "float").logits, run_graph(f, x, "float").logits, atol=1e-12)
+
+
+def test_graph_dense_matches_definition():
+    rng = np.random.default_rng(1)
+    K, V, C, Co = 3, 5, 2, 4
+    A = rng.uniform(size=(K, V, V)) * (rng.uniform(size=(K, V, V)) > 0.6)
+    W = rng.normal(size=(Co, K * C))
+    D = graph_dense(W, A)
+    x = rng.normal(size=(C, V))
+    direct = np.einsum("okc,kvw,cv->ow", W.reshape(Co, K, C), A, x)
+    np.testing.assert_allclose((D @ x.reshape(-1)).reshape(Co, V), direct, atol=1e-12)
+
+
+def test_fold_graph_counts_only_real_synapses():
+    g = fold_graph(fold_bn(chain_graph()))
+    s = g.synapses["g"]
+    assert s.adjacency is None and s.weight.shape == (6, 6)
+    # chain adjacency: self + one inward + one outward neighbour per joint (2+3+2 = 7 links) × 2×2 channels
+    assert s.meta["nnz"] == 7 * 4
+    x = torch.randn(3, 1, 4, 3, 1) * 3
+    ref = run_graph(fold_bn(chain_graph()), x, "float").logits
+    assert torch.allclose(run_graph(g, x, "float").logits, ref, atol=1e-12)
+
+
+def test_balance_delays_on_residual():
+    g = balance_delays(fold_graph(fold_bn(chain_graph())))
+    assert [g.groups[n].latency for n in "abcd"] == [1, 2, 3, 4]
+    # a reaches c directly (1 hop) and through b (2 hops): its direct connection waits 1 step
+    assert g.synapses["r"].meta["delays"] == {"a": 1, "b": 0}
+    assert g.meta["readout_latency"] == 5
+
+
+def test_balance_delays_mksgn_layer():
+    g = balance_delays(tiny_quantised("mksgn")[1])
+    lat = g.meta["latency"]
+    p = "layers.0"
+    assert lat[f"{p}.sg_sa.lifq"] == lat[f"{p}.sg_sa.lifv"] + 1
+    # V waits one step for Q and K; H0 waits for the attention path before the STC
+    assert g.synapses[f"{p}.sg_sa.attn"].meta["delays"][f"{p}.sg_sa.lifv"] == 1
+    assert g.synapses[f"{p}.stc.tconv"].meta["delays"][f"{p}.sa_sgc.lif1"] == 3
+    assert lat[f"{p}.stc.lif"] - lat["sc.lif"] == 5
+
+
+def test_quantise_error_bounds():
+    g = tiny_quantised("mksgn")[1]
+    for name, grp in g.groups.items():
+        S = grp.scale
+        assert S == 2.0 ** np.round(np.log2(S))              # power of two
+        assert grp.vth_mant == round(grp.threshold * S) and grp.vth_mant >= 16
+        assert grp.du == 4095 and grp.dv == 3072
+        b_int = grp.bias_mant * 2.0 ** grp.bias_exp
+        assert np.all(np.abs(b_int - grp.bias * S * 64) <= 2.0 ** grp.bias_exp / 2 + 1e-9)
+        for s in g.incoming(name):
+            w = s.weight / 2.0 ** g.meta["input_frac_bits"] if s.kind == "input_conv" else s.weight
+            assert np.all(s.weight_mant % 2 == 0) and s.weight_mant.min() >= -256 and s.weight_mant.max() <= 254
+            # rounding to the even 8-bit grid: error at most one grid step (2) times 2^weight_exp
+            err = np.abs(s.weight_mant * 2.0 ** s.weight_exp - w * S)
+            assert err.max() <= 2.0 ** s.weight_exp + 1e-9
+
+
+def test_twin_close_to_float_on_real_clips():
+    """Tolerance: the integer twin's logits (in float units) stay within 2 % of the logit
+    range of the float model, and predictions agree on ≥ 7 of 8 real clips (8-bit weights
+    and a ≥ 16-level threshold give per-step current errors of ≈ 1 %)."""
+    model, g = tiny_quantised("mksgn")
+    x = real_clips("test", 8)
+    ref = model.double()(x.double()).detach()
+    model.float()
+    r = run_graph(g, x, "int", record=["sc.lif"])
+    lf = r.logits / (g.meta["readout_scale"] * g.time_steps)
+    span = float(ref.max() - ref.min())
+    assert float((lf - ref).abs().max()) <= 0.02 * span
+    assert int((lf.argmax(1) == ref.argmax(1)).sum()) >= 7
+    s = r.spikes["sc.lif"]
+    assert set(torch.unique(s).tolist()) == {0, 1}
+    assert r.u["sc.lif"].dtype == torch.int64
+
+
+def test_frontend_float_ir_equals_model():
+    for arch in ("mksgn", "base_sgn"):
+        model = tiny_model(arch).double()
+        x = real_clips("test", 4).double()
+        ref = model(x).detach()
+        g = from_model(model)
+        assert torch.equal(run_graph(g, x, "float").logits, ref) or \
+            torch.allclose(run_graph(g, x, "float").logits, ref, atol=1e-12)
+        assert torch.allclose(run_graph(fold_graph(fold_bn(g)), x, "float").logits, ref, atol=1e-9)
+        model.float()
+
+
+def test_quantise_rejects_unrepresentable():
+    g = fold_graph(fold_bn(chain_graph()))
+    g.synapses["g"].weight = g.synapses["g"].weight * 1e9
+    with pytest.raises(ExportError, match="too large to represent"):
+        quantise(g, torch.randn(4, 1, 4, 3, 1))
+    with pytest.raises(ExportError, match="fold BN and adjacency"):
+        quantise(chain_graph(), torch.randn(4, 1, 4, 3, 1))
