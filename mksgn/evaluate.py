@@ -75,6 +75,26 @@ def plot_confusion(cm: np.ndarray, class_names, path: Path, title: str) -> Path:
     return path
 
 
+def plot_firing_rates(analysis: dict, path: Path, title: str) -> Path:
+    """Per-neuron-group firing rate (spikes / neuron / time step) as a horizontal bar PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n["name"] for n in analysis["neurons"]]
+    rates = [n["firing_rate"] for n in analysis["neurons"]]
+    fig, ax = plt.subplots(figsize=(7, 0.8 + 0.22 * len(names)))
+    ax.barh(range(len(names)), rates, color="tab:orange")
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("firing rate (spikes per neuron per time step)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
 def evaluate(checkpoint: str | Path, data_root: str | Path, split: str = "test",
              json_path: str | Path | None = None, plots_dir: str | Path | None = None,
              analysis_clips: int | None = None, progress: bool = True) -> dict:
@@ -122,4 +142,6 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, split: str = "test",
         plots_dir = Path(plots_dir)
         plot_confusion(cm, names, plots_dir / "confusion.png",
                        f"{Path(checkpoint).name} on {split}: top-1 {result['top1']:.1f}%")
+        plot_firing_rates(result["analysis"], plots_dir / "firing_rates.png",
+                          f"{Path(checkpoint).name}: firing rates on {n_an} {split} clips")
     return result

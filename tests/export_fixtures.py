@@ -1,6 +1,7 @@
 """Small real-data fixtures shared by the export tests (imported, not collected)."""
 from __future__ import annotations
 
+import copy
 import functools
 
 import torch
@@ -19,7 +20,13 @@ def real_clips(split: str = "test", n: int = 8) -> torch.Tensor:
 
 
 def tiny_model(arch: str = "mksgn", width: float = 0.125, seed: int = 0):
-    """A tiny model whose BN statistics are warmed on real clips so that it fires."""
+    """A tiny model whose BN statistics are warmed on real clips so that it fires (a fresh
+    copy each call)."""
+    return copy.deepcopy(_tiny_model(arch, width, seed))
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny_model(arch: str, width: float, seed: int):
     torch.manual_seed(seed)
     m = build_model(ModelConfig.from_dict({"arch": arch, "layout": "ucla20", "num_classes": 10,
                                            "width": width, "temporal_kernel": 3}))

@@ -80,6 +80,7 @@ def test_evaluate_reports(trained, small_ucla, tmp_path):
     assert saved["top1"] == r["top1"] and "analysis" in saved
     assert sum(map(sum, saved["confusion"])) == 6
     assert (tmp_path / "plots" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "plots" / "firing_rates.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_few_steps_reduce_the_loss(small_ucla, tmp_path):

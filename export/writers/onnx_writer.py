@@ -43,10 +43,18 @@ each builder below names the function it mirrors):
   (floor) is ``(x − Mod(x, 2^-e)) / 2^-e`` with ``Mod(fmod=0)`` (sign of the divisor, i.e.
   in ``[0, 2^-e)``) so that the integer ``Div`` (which truncates) is exact;
 * ``wrap_signed(x, bits)``: ``Mod(x + 2^(bits-1), 2^bits) − 2^(bits-1)`` (``fmod=0``);
-* ``decay(x, d)``: ``Sign(p) · Div(Abs(p), DECAY_UNITY)`` with ``p = x · (DECAY_UNITY − d)``;
+* ``decay(x, d)``: ``Where(p < 0, −m, m)``, ``m = Div(Abs(p), 2^DECAY_SHIFT)``,
+  ``p = x · (DECAY_UNITY − d)`` (no ``Sign``: onnxruntime's int64 ``Sign`` is wrong for
+  ``2^31 ≤ p < 2^32``);
 * ``wrap_u``, ``clip_v``, ``effective_bias``, ``effective_threshold`` and ``lif_step`` as
   in ``fixed_point._lif_core`` (bias and threshold are folded to initializers with those very
   functions).
+
+Time semantics are the twin's: zero delay per hop (``Synapse.delay`` is not applied; compare
+with Lava after ``balance_delays``' latency), host-input synapses computed once and reused at
+every step, incoming synapses summed into ``a_in`` without a 32-bit wrap (as the twin does).
+Weight and bias arrays are stored in the narrowest signed integer type that holds them and
+``Cast`` to int64 once; all arithmetic is int64.
 
 The output is deterministic: fixed producer fields, no timestamps, initializers sorted by
 name, node and tensor names derived from the graph, deterministic protobuf serialisation.
@@ -113,6 +121,22 @@ class _Builder:
         self.inits[name] = numpy_helper.from_array(arr, name)
         return name
 
+    def weight(self, value, name: str) -> str:
+        """A named integer array stored in the narrowest signed dtype that holds it (8-bit
+        weight mantissas → int16, a quarter of int64), cast to int64 once in the graph."""
+        arr = np.asarray(value, dtype=np.int64)
+        for dt in (np.int8, np.int16, np.int32, np.int64):
+            info = np.iinfo(dt)
+            if arr.size == 0 or (arr.min() >= info.min and arr.max() <= info.max):
+                break
+        key = f"{name}:i64"
+        if key in self._names:
+            return key
+        stored = self.const(arr.astype(dt), name, dtype=dt)
+        self._names.add(key)
+        self.nodes.append(helper.make_node("Cast", [stored], [key], name=f"Cast:{key}", to=_I64))
+        return key
+
     # ------------------------------------------------------------------ arithmetic
     def add(self, a, b, base):
         return self.node("Add", [a, b], base)
@@ -146,11 +170,17 @@ class _Builder:
         return self.wrap_signed(x, 32, base)
 
     def decay(self, x: str, d_eff: int, base: str) -> str:
-        """Mirrors ``fixed_point.decay``: ``sign(p) * (|p| >> DECAY_SHIFT)``, ``p = x (4096 - d)``."""
+        """Mirrors ``fixed_point.decay``: ``sign(p) * (|p| >> DECAY_SHIFT)``, ``p = x (4096 - d)``.
+
+        The sign is applied with ``Where(p < 0, -m, m)``, not ``Sign``: onnxruntime's int64
+        ``Sign`` (1.23) is wrong for ``2^31 <= p < 2^32`` (it answers -1), and ``p = v·(4096-dv)``
+        reaches that range for ``|v| >= 2^19``.
+        """
         p = self.mul(x, self.const(fx.DECAY_UNITY - int(d_eff)), f"{base}/p")
         mag = self.node("Div", [self.node("Abs", [p], f"{base}/abs"),
                                 self.const(int(fx.shift_left(1, fx.DECAY_SHIFT)))], f"{base}/shr")
-        return self.mul(self.node("Sign", [p], f"{base}/sign"), mag, f"{base}/decay")
+        neg = self.node("Less", [p, self.const(0)], f"{base}/neg")
+        return self.node("Where", [neg, self.node("Neg", [mag], f"{base}/negmag"), mag], f"{base}/decay")
 
     def wrap_u(self, c: str, base: str) -> str:
         """Mirrors ``fixed_point.wrap_u`` literally (one period, ``c`` in both branches)."""
@@ -180,7 +210,7 @@ class _Builder:
             c = self.wrap_int32(self.add(du, act, f"{base}/c"), f"{base}/c")
         u_new = self.wrap_u(c, f"{base}/wrap_u")
         b = fx.effective_bias(np.asarray(group.bias_mant, np.int64), np.asarray(group.bias_exp, np.int64))
-        b = self.const(np.asarray(b, np.int64).reshape(per_channel_shape), f"bias/{group.name}")
+        b = self.weight(np.asarray(b, np.int64).reshape(per_channel_shape), f"bias/{group.name}")
         if v is None:
             vsum = self.add(u_new, b, f"{base}/vsum")
         else:
@@ -212,7 +242,7 @@ def _synapse(b: _Builder, graph: Graph, s, xs: list, M: int) -> str:
         q, k, v = xs
         kt = b.node("Transpose", [k], f"{base}/kT", perm=[0, 1, 3, 2])
         y = b.node("MatMul", [b.node("MatMul", [q, kt], f"{base}/qk"), v], f"{base}/qkv")
-        y = b.mul(y, b.const(w.reshape(()), f"w/{s.name}"), f"{base}/y")
+        y = b.mul(y, b.weight(w.reshape(()), f"w/{s.name}"), f"{base}/y")
     else:
         x = xs[0]
         for i, extra in enumerate(xs[1:]):
@@ -232,12 +262,12 @@ def _synapse(b: _Builder, graph: Graph, s, xs: list, M: int) -> str:
                                              b.const([1]), b.const([stride])], f"{base}/tap{k}"))
             x = taps[0] if kt == 1 else b.node("Concat", taps, f"{base}/taps", axis=3)
             wm = w[:, :, :, 0].transpose(2, 1, 0).reshape(kt * cin, cout)    # row k·C + c
-            y = b.node("MatMul", [x, b.const(wm, f"w/{s.name}")], f"{base}/y")
+            y = b.node("MatMul", [x, b.weight(wm, f"w/{s.name}")], f"{base}/y")
         elif s.kind == "affine":
             if int(s.stride) > 1:
                 x = b.node("Slice", [x, b.const([0]), b.const([T]), b.const([1]), b.const([int(s.stride)])],
                            f"{base}/stride")
-            y = b.mul(x, b.const(w.reshape(-1), f"w/{s.name}"), f"{base}/y")
+            y = b.mul(x, b.weight(w.reshape(-1), f"w/{s.name}"), f"{base}/y")
         elif s.kind == "graph":
             if s.adjacency is not None:
                 raise ExportError(f"{s.name}: fold the adjacency (export.passes.fold_graph) first")
@@ -245,23 +275,23 @@ def _synapse(b: _Builder, graph: Graph, s, xs: list, M: int) -> str:
             w4 = w.reshape(cout, V, C, V)                                       # [o, w, c, v]
             wm = w4.transpose(3, 2, 1, 0).reshape(V * C, V * cout)              # [(v, c), (w, o)]
             x = b.node("Reshape", [x, b.const([-1, T, V * C])], f"{base}/flat")
-            y = b.node("MatMul", [x, b.const(wm, f"w/{s.name}")], f"{base}/mm")
+            y = b.node("MatMul", [x, b.weight(wm, f"w/{s.name}")], f"{base}/mm")
             y = b.node("Reshape", [y, b.const([-1, T, V, cout])], f"{base}/y")
         elif s.kind == "pool":
             x = b.node("Reshape", [x, b.const([-1, M * T * V, C])], f"{base}/flat")
             tot = b.node("ReduceSum", [x, b.const([1])], f"{base}/sum", keepdims=0)
-            y = b.mul(tot, b.const(w.reshape(-1), f"w/{s.name}"), f"{base}/mul")
+            y = b.mul(tot, b.weight(w.reshape(-1), f"w/{s.name}"), f"{base}/mul")
             y = b.node("Reshape", [y, b.const([-1, 1, 1, C])], f"{base}/y")
         elif s.kind == "readout":
             ncls = w.shape[0]
             wm = w.reshape(ncls, C, T, V).transpose(2, 3, 1, 0).reshape(T * V * C, ncls)
             x = b.node("Reshape", [x, b.const([-1, T * V * C])], f"{base}/flat")
-            y = b.node("MatMul", [x, b.const(wm, f"w/{s.name}")], f"{base}/y")
+            y = b.node("MatMul", [x, b.weight(wm, f"w/{s.name}")], f"{base}/y")
         else:
             raise ExportError(f"{s.name}: unknown synapse kind {s.kind}")
     y = b.shift_exp(y, int(s.weight_exp), f"{base}/shift")
     if s.kind == "readout":
-        y = b.add(y, b.const(np.asarray(s.meta["bias_int"], np.int64).reshape(-1), f"bias_int/{s.name}"),
+        y = b.add(y, b.weight(np.asarray(s.meta["bias_int"], np.int64).reshape(-1), f"bias_int/{s.name}"),
                   f"{base}/bias")
     return y
 

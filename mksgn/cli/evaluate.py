@@ -21,10 +21,12 @@ from .common import run
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Write all results (key top1 in percent) to this JSON file.")
 @click.option("--plots", "plots_dir", type=click.Path(path_type=Path), default=None,
-              help="Write confusion.png into this folder.")
+              help="Write confusion.png and firing_rates.png into this folder.")
 @click.option("--analysis-clips", type=int, default=None,
               help="Clips used for the firing-rate/energy analysis (default: the whole split).")
-def cli(checkpoint, data, split, json_path, plots_dir, analysis_clips):
+@click.option("--model-card", type=click.Path(path_type=Path), default=None,
+              help="Write a Markdown model card (config, training, top-1, firing rates, SOPs, energy).")
+def cli(checkpoint, data, split, json_path, plots_dir, analysis_clips, model_card):
     if Path(checkpoint).is_dir():  # an export directory: evaluate the quantised network
         from export.evaluate import evaluate_export
         r = evaluate_export(checkpoint, data, split, json_path, plots_dir)
@@ -43,7 +45,10 @@ def cli(checkpoint, data, split, json_path, plots_dir, analysis_clips):
     if json_path:
         click.echo(f"wrote {json_path}")
     if plots_dir:
-        click.echo(f"wrote {Path(plots_dir) / 'confusion.png'}")
+        click.echo(f"wrote {Path(plots_dir) / 'confusion.png'} and firing_rates.png")
+    if model_card:
+        from ..model_card import write_model_card
+        click.echo(f"wrote {write_model_card(checkpoint, r, model_card)}")
 
 
 main = run(cli)

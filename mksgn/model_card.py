@@ -1,0 +1,72 @@
+"""Model cards for shipped checkpoints: a short Markdown file next to each ``models/*.pt``.
+
+The card is generated from the checkpoint (config, training history, machine) and an
+evaluation result (:func:`mksgn.evaluate.evaluate`), so its numbers are reproducible with
+``mksgn-eval``. The line ``- test top-1: XX.XX %`` is machine-read by the test suite.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+from .checkpoint import atomic_write, load_checkpoint
+
+TOP1_LINE = re.compile(r"^- test top-1: ([0-9.]+) %", re.M)
+
+
+def read_card_top1(path: str | Path) -> float:
+    """The test top-1 (percent) stated in a model card."""
+    m = TOP1_LINE.search(Path(path).read_text())
+    if not m:
+        raise ValueError(f"{path}: no '- test top-1: XX.XX %' line")
+    return float(m.group(1))
+
+
+def write_model_card(checkpoint: str | Path, result: dict, path: str | Path) -> Path:
+    """Write the card of ``checkpoint`` given its evaluation ``result`` (with ``analysis``)."""
+    ckpt = load_checkpoint(checkpoint)
+    cfg, tr = ckpt["config"]["model"], ckpt["config"]["train"]
+    met = ckpt.get("metrics", {})
+    hist = met.get("history", [])
+    an = result["analysis"]
+    secs = met.get("train_seconds") or sum(h.get("seconds", 0) for h in hist)
+    size_mb = Path(checkpoint).stat().st_size / 1e6
+    lines = [
+        f"# {Path(checkpoint).name}",
+        "",
+        f"{'MK-SGN' if cfg['arch'] == 'mksgn' else 'Base-SGN*'} ({cfg['layout']}, width {cfg['width']}, "
+        f"T_s = {cfg['time_steps']}), {', '.join(ckpt['data']['modalities'])} modality, trained on the real "
+        f"NW-UCLA split (views v01+v02 train, v03 test) with `mksgn-train`.",
+        "",
+        "## Result (reproduce with `mksgn-eval " + f"models/{Path(checkpoint).name} --data ../shared/data/nw-ucla`)",
+        f"- test top-1: {result['top1']:.2f} % ({result['clips']} clips)",
+        f"- parameters: {an['params']:,}",
+        f"- per clip: {an['total_flops'] / 1e9:.4f} GFLOPs (ANN-equivalent), {an['total_sops'] / 1e9:.4f} G SOPs, "
+        f"energy {an['energy_mj']:.4f} mJ (paper eq. 33–37, E_MAC 4.6 pJ, E_AC 0.9 pJ)",
+        f"- mean firing rate over neuron groups: "
+        f"{sum(n['firing_rate'] for n in an['neurons']) / max(len(an['neurons']), 1):.4f} spikes/neuron/step",
+        "",
+        "## Training",
+        f"- epochs {len(hist)}, batch {tr.get('batch_size')}, SGD lr {tr.get('lr')} (momentum "
+        f"{tr.get('momentum')}, nesterov {tr.get('nesterov')}), weight decay {tr.get('weight_decay')}, "
+        f"warm-up {tr.get('warmup_epochs')} epochs, lr × {tr.get('lr_gamma')} at epochs {tr.get('lr_steps')}, "
+        f"dropout {cfg['dropout']}, seed {tr.get('seed')}",
+        f"- training time {secs / 60:.1f} min on {platform.machine()} with {os.cpu_count()} CPU cores "
+        f"(torch {torch.__version__}); source revision {ckpt.get('git_revision')}",
+        f"- final train top-1 {hist[-1]['train_top1']:.1f} %" if hist else "- no history recorded",
+        f"- file size {size_mb:.2f} MB",
+        "",
+        "## Firing rates (spikes per neuron per time step, test split)",
+        "",
+        "| neuron group | neurons | firing rate |",
+        "| --- | ---: | ---: |",
+    ]
+    lines += [f"| {n['name']} | {n['neurons']:,} | {n['firing_rate']:.4f} |" for n in an["neurons"]]
+    lines += ["", "## Test accuracy during training", "", "| epoch | train top-1 | test top-1 |", "| ---: | ---: | ---: |"]
+    lines += [f"| {h['epoch']} | {h['train_top1']:.1f} | {h['test_top1']:.1f} |" for h in hist if "test_top1" in h]
+    text = "\n".join(lines) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
