@@ -20,11 +20,11 @@ venv: $(BIN)/.installed
 
 demo: venv
 	$(BIN)/mksgn-data stats $(DATA)/nw-ucla
-	$(BIN)/mksgn-data show $(DATA)/nw-ucla/all_sqe/a01_s01_e00_v03.json
-	$(BIN)/mksgn-data show $(DATA)/ntu-samples/S001C003P008R002A058.skeleton
+	$(BIN)/mksgn-eval models/mksgn_ucla_joint.pt --data $(DATA)/nw-ucla --plots out/demo --analysis-clips 64
+	$(BIN)/mksgn-export models/mksgn_ucla_joint.pt --target lava -o out/demo/mksgn_lava --calib-data $(DATA)/nw-ucla --force
 
 test: venv
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 test-all: venv
 	$(BIN)/python -m pytest -q -m "slow or not slow" tests

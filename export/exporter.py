@@ -143,6 +143,7 @@ def run_export(checkpoint: str | Path, target: str, out_dir: str | Path | None, 
     res = resources(graph)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp.chmod(0o755)
     try:
         write_target(graph, target, tmp)
         (tmp / "quantisation.json").write_text(_json({"layers": layers, **graph.meta["quantisation"]}))

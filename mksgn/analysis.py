@@ -52,7 +52,7 @@ class OpStat:
     name: str
     kind: str
     flops: float
-    fr_in: float
+    fr_in: float | None
     sops: float
     real_input: bool
     energy_mj: float
@@ -102,7 +102,8 @@ class AnalysisReport:
         lines = [f"{'neuron group':<{w}}  {'neurons':>9}  {'fire rate':>9}"]
         lines += [f"{n.name:<{w}}  {n.neurons:>9d}  {n.firing_rate:>9.4f}" for n in self.neurons]
         lines += ["", f"{'synaptic op':<{w}}  {'kind':<14} {'FLOPs':>11}  {'fr_in':>7}  {'SOPs':>11}  {'E (mJ)':>9}"]
-        lines += [f"{o.name:<{w}}  {o.kind:<14} {o.flops:>11.4g}  {o.fr_in:>7.4f}  {o.sops:>11.4g}  "
+        lines += [f"{o.name:<{w}}  {o.kind:<14} {o.flops:>11.4g}  "
+                  f"{'real' if o.real_input else format(o.fr_in, '.4f'):>7}  {o.sops:>11.4g}  "
                   f"{o.energy_mj:>9.3g}" + ("  (MAC)" if o.real_input else "") for o in self.ops]
         lines += ["", f"clips {self.num_clips}, T_s {self.time_steps}, params {self.params}",
                   f"FLOPs {self.total_flops:.4g} (first layer {self.mac_flops:.4g}), SOPs {self.total_sops:.4g}",
@@ -226,7 +227,7 @@ def analyse(model: nn.Module, batches: Iterable, time_steps: int,
     for name, (macs, in_sum, in_count) in op_acc.items():
         is_real = real(name.rsplit(".", 1)[0] if name not in modules else name)
         flops = macs / (clips * (1 if is_real else time_steps))
-        fr_in = in_sum / in_count
+        fr_in = None if is_real else in_sum / in_count  # real-valued input: no spike rate
         sops = 0.0 if is_real else fr_in * time_steps * flops  # eq. 33
         e_pj = energy.e_mac_pj * flops if is_real else energy.e_ac_pj * sops  # eq. 36 / 37
         report.ops.append(OpStat(name, op_meta[name], flops, fr_in, sops, is_real, e_pj * _PJ_TO_MJ))

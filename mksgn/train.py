@@ -45,6 +45,9 @@ class TrainConfig:
     lr_gamma : float
     warmup_epochs : int
         Linear warm-up from ``lr / warmup_epochs`` (CTR-GCN uses 5).
+    lr_schedule : list of [epoch, lr]
+        Optional piecewise-constant schedule (e.g. a warm restart after the step schedule);
+        when given it replaces ``lr``/``lr_steps``/``lr_gamma`` after the warm-up.
     seed : int
     modalities : list of str
     dataset : str
@@ -63,6 +66,7 @@ class TrainConfig:
     lr_steps: list = field(default_factory=lambda: [50])
     lr_gamma: float = 0.1
     warmup_epochs: int = 5
+    lr_schedule: list = field(default_factory=list)
     seed: int = 1
     modalities: list = field(default_factory=lambda: ["joint"])
     dataset: str = "ucla"
@@ -78,12 +82,17 @@ class TrainConfig:
         cfg = cls(**d)
         if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
             raise ConfigError("train.epochs and train.batch_size must be ≥ 1 and train.lr > 0")
+        if cfg.lr_schedule and (min(e for e, _ in cfg.lr_schedule) != 0
+                                or any(lr <= 0 for _, lr in cfg.lr_schedule)):
+            raise ConfigError("train.lr_schedule must start at epoch 0 and have positive rates")
         return cfg
 
     def lr_at(self, epoch: float) -> float:
         """Learning rate at a (fractional) epoch: linear warm-up, then step decay."""
         if self.warmup_epochs and epoch < self.warmup_epochs:
             return self.lr * (epoch + 1) / (self.warmup_epochs + 1)
+        if self.lr_schedule:
+            return float([lr for start, lr in sorted(self.lr_schedule) if epoch >= start][-1])
         return self.lr * self.lr_gamma ** sum(epoch >= s for s in self.lr_steps)
 
 

@@ -124,7 +124,13 @@ def _type(h, name, s: str) -> None:
 
 
 def _arr(h, name, a) -> None:
-    h.create_dataset(name, data=np.asarray(a))
+    """Large arrays are gzip-compressed (deterministic; h5py/netx read them transparently):
+    the folded graph-conv matrices are mostly zeros."""
+    a = np.asarray(a)
+    if a.size >= 4096:
+        h.create_dataset(name, data=a, compression="gzip", compression_opts=4, shuffle=True)
+    else:
+        h.create_dataset(name, data=a)
 
 
 def _read_str(h, name) -> str:
@@ -370,6 +376,7 @@ def _atomic_h5(path: Path, fill) -> Path:
     try:
         with h5py.File(tmp, "w", track_order=True, libver=("earliest", "v110")) as f:
             fill(f)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
