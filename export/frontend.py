@@ -100,7 +100,7 @@ def from_model(model: nn.Module) -> Graph:
         raise ExportError(f"cannot export a {type(model).__name__}: only MK-SGN and Base-SGN* "
                           "checkpoints are supported")
     b = _Builder(model)
-    cfg, g = b.cfg, b.graph
+    g = b.graph
     T = g.input_shape[1]
     V = b.V
     sc = model.sc

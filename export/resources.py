@@ -62,7 +62,6 @@ def resources(graph: Graph) -> dict:
     rows, total_cores, notes = [], 0, []
     fan_out = {n: 0 for n in graph.groups}
     for s in graph.synapses.values():
-        n_syn = synapse_count(graph, s) * len([u for u in s.sources if u != INPUT])
         for u in s.sources:
             if u in fan_out:
                 fan_out[u] += synapse_count(graph, s)

@@ -97,7 +97,6 @@ def synapse_op(s: Synapse, xs: list, weight: np.ndarray | torch.Tensor, num_bodi
     if s.kind == "graph":
         if s.adjacency is not None:
             A = torch.as_tensor(s.adjacency, dtype=torch.float64)
-            K = A.shape[0]
             z = torch.einsum("bctv,kvw->bkctw", x, A).flatten(1, 2)  # (B, K·C, T, V)
             return torch.einsum("oi,bitv->botv", w, z)
         b, c, t, v = x.shape

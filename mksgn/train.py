@@ -9,7 +9,6 @@ holds the weights only (the shippable checkpoint).
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from dataclasses import asdict, dataclass, field, fields

@@ -22,3 +22,41 @@ def test_shipped_checkpoint_reproduces_card(name, ucla_dir):
 
 def test_mksgn_meets_the_bar(ucla_dir):
     assert read_card_top1(MODELS / "mksgn_ucla_joint.md") >= 80.0
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="measured: float 76.08 %, quantised 75.00 % (-1.08 points); "
+                   "the 0.5-point bar of issue 5 is not met yet (8-bit weight mantissa)")
+def test_quantised_mksgn_within_half_a_point(ucla_dir, tmp_path):
+    """Issue bar: the Loihi fixed-point MK-SGN (export → integer twin) loses at most 0.5
+    points of top-1 on the 464 NW-UCLA test clips (≈ 8 min on 2 cores)."""
+    from export.evaluate import evaluate_export
+    from export.exporter import run_export
+    run_export(MODELS / "mksgn_ucla_joint.pt", "lava", tmp_path / "q", ucla_dir, progress=False)
+    q = evaluate_export(tmp_path / "q", ucla_dir, progress=False)
+    assert q["top1"] >= read_card_top1(MODELS / "mksgn_ucla_joint.md") - 0.5
+    assert not q["saturation"]
+
+
+def test_quantised_mksgn_agrees_on_real_clips(ucla_dir):
+    """Default-suite version of the bar: on 24 real test clips the integer twin of the shipped
+    MK-SGN predicts the same class as the float model on at least 22 (the full-split
+    difference is measured by the slow test above and quoted in README)."""
+    import torch
+
+    from export.frontend import from_checkpoint
+    from export.pipeline import calibration_clips, lower
+    from export.twin import run_graph
+    from mksgn.data import SkeletonDataset
+    from mksgn.evaluate import load_model
+
+    graph, _ = from_checkpoint(MODELS / "mksgn_ucla_joint.pt")
+    q = lower(graph, calibration_clips(ucla_dir, "joint", 32, progress=False))
+    ds = SkeletonDataset(ucla_dir, "test", train=False)
+    idx = range(0, len(ds), len(ds) // 24)
+    x = torch.stack([ds[i][0]["joint"] for i in idx][:24])
+    model, _ = load_model(MODELS / "mksgn_ucla_joint.pt")
+    with torch.no_grad():
+        ref = model(x).argmax(1)
+    got = run_graph(q, x, "int").logits.argmax(1)
+    assert int((got == ref).sum()) >= 22

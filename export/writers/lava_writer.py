@@ -59,12 +59,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
+
+from mksgn.checkpoint import atomic_write
 
 from ..errors import ExportError
 from ..ir import INPUT, LOGITS, Graph, NeuronGroup, Synapse
@@ -369,20 +370,11 @@ def _write_index(gr, graph: Graph) -> None:
 
 
 def _atomic_h5(path: Path, fill) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    def write(tmp):
         with h5py.File(tmp, "w", track_order=True, libver=("earliest", "v110")) as f:
             fill(f)
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, write)
 
 
 def write_lava(graph: Graph, out_dir) -> list:

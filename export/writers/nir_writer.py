@@ -48,12 +48,12 @@ named in the :class:`~export.errors.ExportError`.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import nir
 import numpy as np
+
+from mksgn.checkpoint import atomic_write
 
 from ..errors import ExportError
 from ..ir import INPUT, LOGITS, Graph, Synapse
@@ -216,15 +216,4 @@ def write_nir(graph: Graph, path) -> Path:
         See :func:`to_nir`.
     """
     g = to_nir(graph)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        nir.write(tmp, g)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: nir.write(tmp, g))

@@ -61,7 +61,7 @@ def show(file: Path):
     sk = clip.skeleton
     click.echo(f"clip: {clip.name}   ({spec.name}, layout {spec.layout})")
     click.echo(f"label: {clip.label} ({spec.class_names[clip.label]})")
-    click.echo(f"ids: " + ", ".join(f"{k}={v}" for k, v in clip.meta.items()))
+    click.echo("ids: " + ", ".join(f"{k}={v}" for k, v in clip.meta.items()))
     click.echo(f"skeleton (C, T, V, M): {tuple(sk.shape)}  — {clip.num_frames} frames, "
                f"{sk.shape[2]} joints, {clip.num_bodies} bodies kept of {clip.meta['bodies_seen']} seen")
     for m in range(sk.shape[3]):
