@@ -53,7 +53,9 @@ def write_model_card(checkpoint: str | Path, result: dict, path: str | Path) -> 
         "## Training",
         f"- epochs {len(hist)}, batch {tr.get('batch_size')}, SGD lr {tr.get('lr')} (momentum "
         f"{tr.get('momentum')}, nesterov {tr.get('nesterov')}), weight decay {tr.get('weight_decay')}, "
-        f"warm-up {tr.get('warmup_epochs')} epochs, lr × {tr.get('lr_gamma')} at epochs {tr.get('lr_steps')}, "
+        f"warm-up {tr.get('warmup_epochs')} epochs, "
+        + (f"piecewise lr [epoch, lr] {tr['lr_schedule']}, " if tr.get("lr_schedule")
+           else f"lr × {tr.get('lr_gamma')} at epochs {tr.get('lr_steps')}, ") +
         f"dropout {cfg['dropout']}, seed {tr.get('seed')}",
         f"- training time {secs / 60:.1f} min on {platform.machine()} with {os.cpu_count()} CPU cores "
         f"(torch {torch.__version__}); source revision {ckpt.get('git_revision')}",

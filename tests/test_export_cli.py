@@ -54,11 +54,14 @@ def test_export_dir_evaluates_in_integers(ckpts, tmp_path):
     assert r["clips"] == 464 and r["quantised"] and 0 <= r["top1"] <= 100
     # tampering with the network file is detected
     net = tmp_path / "e" / "network.net"
-    data = bytearray(net.read_bytes())
+    original = net.read_bytes()
+    data = bytearray(original)
     data[-100] ^= 1
     net.write_bytes(bytes(data))
     with pytest.raises(ExportError, match="does not match its sha256"):
         evaluate_export(tmp_path / "e", UCLA, progress=False)
+    net.write_bytes(original)
+    verify_export_dir(tmp_path / "e")
     (tmp_path / "e" / "resources.json").unlink()
     with pytest.raises(ExportError, match="resources.json listed in manifest.json is missing"):
         verify_export_dir(tmp_path / "e")
