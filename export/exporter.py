@@ -110,7 +110,7 @@ class ExportSummary:
 
     def format(self) -> str:
         return (format_layer_table(self.layers) + "\n\n" + format_resources(self.resources)
-                + f"\n\nwrote {self.out_dir}/ ({', '.join(sorted(self.manifest['files']))})")
+                + f"\n\nwrote {self.out_dir}/ ({', '.join(sorted(self.manifest['files']) + ['manifest.json'])})")
 
 
 def run_export(checkpoint: str | Path, target: str, out_dir: str | Path | None, calib_data: str | Path,
