@@ -46,7 +46,8 @@ def write_model_card(checkpoint: str | Path, result: dict, path: str | Path) -> 
         f"- test top-1: {result['top1']:.2f} % ({result['clips']} clips)",
         f"- parameters: {an['params']:,}",
         f"- per clip: {an['total_flops'] / 1e9:.4f} GFLOPs (ANN-equivalent), {an['total_sops'] / 1e9:.4f} G SOPs, "
-        f"energy {an['energy_mj']:.4f} mJ (paper eq. 33–37, E_MAC 4.6 pJ, E_AC 0.9 pJ)",
+        f"energy {an['energy_mj']:.4f} mJ (paper eq. 33–37, E_MAC {an['energy_model']['e_mac_pj']} pJ, "
+        f"E_AC {an['energy_model']['e_ac_pj']} pJ)",
         f"- mean firing rate over neuron groups: "
         f"{sum(n['firing_rate'] for n in an['neurons']) / max(len(an['neurons']), 1):.4f} spikes/neuron/step",
         "",

@@ -35,8 +35,12 @@ __all__ = ["LIF", "lif_scan", "loihi_decay"]
 
 
 def loihi_decay(beta: float) -> int:
-    """Loihi ``dv`` for a float decay ``β``: ``round(4096·(1−β))`` (β = 1 − dv/4096)."""
-    return int(round(4096 * (1.0 - beta)))
+    """Loihi ``dv`` for a float decay ``β``: ``round(4096·(1−β))`` (β = 1 − dv/4096).
+
+    Delegates to :func:`export.fixed_point.quantise_decay`, the one home of Loihi's rules.
+    """
+    from export.fixed_point import quantise_decay
+    return int(quantise_decay(beta))
 
 
 @torch.no_grad()
