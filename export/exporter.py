@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import ExportError
 from .ir import Graph
-from .pipeline import calibration_clips, export_graph
+from .pipeline import export_graph
 from .resources import format_resources, resources
 
 TARGETS = {"lava": "network.net", "onnx": "model.onnx", "nir": "network.nir"}
@@ -135,9 +135,8 @@ def run_export(checkpoint: str | Path, target: str, out_dir: str | Path | None, 
     if calib_data is None:
         raise ExportError("--calib-data is required: quantisation scales are calibrated on real "
                           "training clips (e.g. --calib-data ../shared/data/nw-ucla)")
-    graph = export_graph(checkpoint, calib_data, calib_clips, progress=progress)
+    graph, x = export_graph(checkpoint, calib_data, calib_clips, progress=progress)
     # saturation on the calibration clips, in integer arithmetic
-    x = calibration_clips(calib_data, graph.meta["calibration"]["modality"], calib_clips, progress=False)
     graph.meta["quantisation"]["saturation"] = run_graph(graph, x, mode="int").saturation
     layers = layer_table(graph)
     res = resources(graph)

@@ -45,8 +45,10 @@ def lower(graph: Graph, calib_x: torch.Tensor) -> Graph:
 
 
 def export_graph(checkpoint: str | Path, calib_data: str | Path, calib_clips: int = 64,
-                 progress: bool = True) -> Graph:
+                 progress: bool = True) -> tuple[Graph, torch.Tensor]:
     """Load a checkpoint and lower it to a quantised, delay-balanced graph.
+
+    Returns ``(graph, calibration clips (N, C, T, V, M))``.
 
     Raises
     ------
@@ -57,4 +59,4 @@ def export_graph(checkpoint: str | Path, calib_data: str | Path, calib_clips: in
     x = calibration_clips(calib_data, modality, calib_clips, progress=progress)
     q = lower(graph, x)
     q.meta["calibration"] = {"clips": int(len(x)), "split": "train", "modality": modality}
-    return q
+    return q, x

@@ -168,12 +168,13 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
         result.spike_counts[name] = 0
         if integer:
             result.saturation[name] = {"v_clip": 0, "u_wrap": 0}
+    incoming = {name: graph.incoming(name) for name in list(graph.groups) + [LOGITS]}
     logits = 0
     for t in range(steps):
         spikes = {}
         for name, g in graph.groups.items():
             cur = 0
-            for s in graph.incoming(name):
+            for s in incoming[name]:
                 if s.sources == (INPUT,) and s.name in const:
                     y = const[s.name]
                 else:
@@ -219,7 +220,7 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
                     result.a_in.setdefault(name, []).append(a_in)
                 else:
                     result.v.setdefault(name, []).append(v)
-        for s in graph.incoming(LOGITS):
+        for s in incoming[LOGITS]:
             xs = [spikes[u] for u in s.sources]
             if integer:
                 y = fx.shift_exp(synapse_op(s, xs, s.weight_mant, M), s.weight_exp) \
