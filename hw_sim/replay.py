@@ -1,0 +1,325 @@
+"""Replay clips through the Lava network, compare every layer with the twin bit for bit, and
+measure events and energy.
+
+The comparison is exact: spikes, u and v of every neuron group at every time step and the
+integer logits must be equal; the first divergence (earliest Lava step, then graph order) is
+reported with its group, time step, neuron ``(m, c, t, v)`` and both values.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from export.ir import INPUT, Graph
+from export.twin import run_graph
+from mksgn.energy import DEFAULT_45NM, EnergyModel
+
+from .errors import SimError
+from .events import dense_flops, lava_events, twin_events
+from .network import LavaNetwork, build_network, host_macs, input_currents
+
+__all__ = ["Mismatch", "ReplayResult", "replay", "compare_clip"]
+
+_PJ_TO_MJ = 1e-9
+VARS = ("spikes", "u", "v")
+
+
+@dataclass
+class Mismatch:
+    """First difference between Lava and the twin in one clip."""
+
+    clip: int
+    group: str
+    var: str
+    step: int  # time step of the clip (0..T_s-1); -1 for logits
+    lava_step: int  # Lava time step (1-based) at which it happened
+    neuron: int
+    index: tuple  # (m, c, t, v) or (class,)
+    lava: int
+    twin: int
+
+    def describe(self) -> str:
+        where = "logits" if self.var == "logits" else f"group {self.group}, {self.var}, time step {self.step}"
+        return (f"clip {self.clip}: first divergence at {where} (Lava step {self.lava_step}), neuron "
+                f"{self.neuron} {self.index}: lava {self.lava} vs twin {self.twin}")
+
+
+def compare_clip(clip: int, graph: Graph, shapes: dict, lava: dict, twin: dict,
+                 lava_logits: np.ndarray, twin_logits: np.ndarray) -> Mismatch | None:
+    """Exact comparison of one clip.
+
+    Parameters
+    ----------
+    lava, twin : dict group → dict var → int array ``(T_s, n)`` (var in spikes, u, v)
+    lava_logits, twin_logits : int arrays ``(classes,)``
+
+    Returns
+    -------
+    The first :class:`Mismatch` (earliest Lava step, then graph order), or None if equal.
+    """
+    best = None
+    for order, (name, g) in enumerate(graph.groups.items()):
+        for var in VARS:
+            a, b = lava[name][var], twin[name][var]
+            diff = np.argwhere(a != b)
+            if len(diff) == 0:
+                continue
+            t, j = (int(z) for z in diff[0])  # argwhere is row-major: earliest step first
+            key = (t + g.latency, order)
+            if best is None or key < best[0]:
+                idx = tuple(int(z) for z in np.unravel_index(j, shapes[name]))
+                best = (key, Mismatch(clip, name, var, t, t + g.latency, j, idx, int(a[t, j]), int(b[t, j])))
+    if best is not None:
+        return best[1]
+    diff = np.flatnonzero(lava_logits != twin_logits)
+    if len(diff):
+        j = int(diff[0])
+        return Mismatch(clip, "logits", "logits", -1, -1, j, (j,), int(lava_logits[j]), int(twin_logits[j]))
+    return None
+
+
+@dataclass
+class ReplayResult:
+    """Everything :func:`replay` measured.
+
+    Attributes
+    ----------
+    clips : int
+    bit_exact : bool — every compared value of every clip equal
+    mismatches : list of Mismatch — the first one of every diverging clip
+    lava_pred, twin_pred : int arrays ``(clips,)``
+    labels : int array or None
+    events_lava, events_twin : dict synapse → total events over all clips
+    spikes : dict group → total spikes (Lava)
+    neurons : dict group → neurons per clip
+    host_macs : int — first-layer MACs per clip
+    flops : dict synapse → dense MACs per step and clip
+    seconds : float — wall time of the Lava part (build, compile, run, read)
+    twin_seconds : float — wall time of the twin
+    """
+
+    graph: Graph
+    clips: int
+    bit_exact: bool
+    mismatches: list
+    lava_pred: np.ndarray
+    twin_pred: np.ndarray
+    labels: np.ndarray | None
+    events_lava: dict
+    events_twin: dict
+    spikes: dict
+    neurons: dict
+    host_macs: int
+    flops: dict
+    seconds: float
+    twin_seconds: float
+    shapes: dict = field(default_factory=dict)
+
+    @property
+    def events_equal(self) -> bool:
+        return self.events_lava == self.events_twin
+
+    def top1(self, pred) -> float | None:
+        if self.labels is None or self.clips == 0:
+            return None
+        return float((np.asarray(pred) == self.labels).mean() * 100.0)
+
+    def layers(self, energy: EnergyModel = DEFAULT_45NM) -> list:
+        """Per-layer (paper Table 6 names: ``sc``, ``layers.i``, ``head``) per-clip means."""
+        g = self.graph
+        T = g.time_steps
+        fr = {n: self.spikes[n] / (self.neurons[n] * T * self.clips) for n in g.groups}
+        rows = {}
+
+        def row(layer):
+            return rows.setdefault(layer, {"name": layer, "neurons": 0, "spikes": 0.0, "neuron_updates": 0,
+                                           "synaptic_events": 0.0, "twin_synaptic_events": 0.0, "host_macs": 0,
+                                           "flops": 0.0, "analytic_sops": 0.0,
+                                           "energy_pj_measured": 0.0, "energy_pj_analytic": 0.0})
+        for n, grp in g.groups.items():
+            r = row(grp.layer or n)
+            r["neurons"] += self.neurons[n]
+            r["spikes"] += self.spikes[n] / self.clips
+            r["neuron_updates"] += self.neurons[n] * T
+        for s in g.synapses.values():
+            r = row(s.layer or s.name)
+            r["flops"] += self.flops[s.name]
+            if s.sources == (INPUT,):
+                r["host_macs"] += self.host_macs
+                r["energy_pj_measured"] += energy.e_mac_pj * self.host_macs
+                r["energy_pj_analytic"] += energy.e_mac_pj * self.flops[s.name]
+                continue
+            rate = float(np.mean([fr[u] for u in s.sources]))
+            sops = rate * T * self.flops[s.name]  # eq. 33
+            ev = self.events_lava[s.name] / self.clips
+            r["synaptic_events"] += ev
+            r["twin_synaptic_events"] += self.events_twin[s.name] / self.clips
+            r["analytic_sops"] += sops
+            r["energy_pj_measured"] += energy.e_ac_pj * ev
+            r["energy_pj_analytic"] += energy.e_ac_pj * sops
+        out = list(rows.values())
+        for r in out:
+            r["firing_rate"] = r["spikes"] / (r["neurons"] * T) if r["neurons"] else 0.0
+            r["ratio"] = r["energy_pj_measured"] / r["energy_pj_analytic"] if r["energy_pj_analytic"] else None
+        return out
+
+    def to_dict(self, energy: EnergyModel = DEFAULT_45NM) -> dict:
+        layers = self.layers(energy)
+        e_meas = sum(r["energy_pj_measured"] for r in layers) * _PJ_TO_MJ
+        e_ana = sum(r["energy_pj_analytic"] for r in layers) * _PJ_TO_MJ
+        return {
+            "clips": self.clips,
+            "bit_exact": bool(self.bit_exact),
+            "mismatches": [asdict(m) | {"message": m.describe()} for m in self.mismatches],
+            "lava_top1": self.top1(self.lava_pred),
+            "twin_top1": self.top1(self.twin_pred),
+            "prediction_agreement": float((self.lava_pred == self.twin_pred).mean()) if self.clips else None,
+            "events_equal": bool(self.events_equal),
+            "layers": layers,
+            "host_macs_per_clip": self.host_macs,
+            "synaptic_events_per_clip": sum(r["synaptic_events"] for r in layers),
+            "analytic_sops_per_clip": sum(r["analytic_sops"] for r in layers),
+            "energy_mj_measured_per_clip": e_meas,
+            "energy_mj_analytic_per_clip": e_ana,
+            "energy_ratio_measured_over_analytic": e_meas / e_ana if e_ana else None,
+            "energy_model": {"e_mac_pj": energy.e_mac_pj, "e_ac_pj": energy.e_ac_pj, "source": energy.name},
+            "time_steps": self.graph.time_steps,
+            "readout_latency": int(self.graph.meta.get("readout_latency", 0)),
+            "seconds_lava": self.seconds,
+            "seconds_twin": self.twin_seconds,
+            "seconds_per_clip_lava": self.seconds / max(self.clips, 1),
+            "seconds_per_clip_twin": self.twin_seconds / max(self.clips, 1),
+            "arch": self.graph.meta.get("arch"),
+        }
+
+
+def _clip_slice(t: torch.Tensor, i: int, per_body: int) -> np.ndarray:
+    """Twin tensor ``(T_s, B, C, T, V)`` → clip ``i`` as ``(T_s, n)``."""
+    return t[:, i * per_body:(i + 1) * per_body].reshape(t.shape[0], -1).numpy().astype(np.int64)
+
+
+def replay(graph: Graph, x: torch.Tensor, labels=None, *, chunk: int = 4, timeout_s: float | None = None,
+           progress=None, compare: bool = True) -> ReplayResult:
+    """Stream clips through the Lava network (one compiled run) and compare with the twin.
+
+    Parameters
+    ----------
+    graph : Graph — quantised, delay-balanced (``read_lava`` of an export directory).
+    x : Tensor ``(N, C, T, V, M)`` — preprocessed clips (metres).
+    labels : int array ``(N,)`` or None — for top-1.
+    chunk : int — clips per run chunk (memory vs. fewer pauses).
+    timeout_s : float or None — limit for one chunk's run; default ``300 + 30 s/step``.
+    progress : callable(n) or None — called with the number of clips finished.
+    compare : bool — run the twin and compare (always done by ``mksgn-sim``).
+
+    Returns
+    -------
+    ReplayResult
+
+    Raises
+    ------
+    SimError
+        Lava failed or got stuck (the runtime is stopped first), or the graph cannot be
+        mapped (see :func:`build_network`).
+    """
+    N = int(x.shape[0])
+    if N == 0:
+        raise SimError("no clips to replay")
+    t0 = time.perf_counter()
+    currents = input_currents(graph, x)
+    net: LavaNetwork = build_network(graph, currents, chunk=chunk)
+    P = net.period
+    M = int(graph.input_shape[3])
+    per_body = {n: net.shapes[n][0] for n in graph.groups}
+    groups = list(graph.groups)
+    done = {n: 0 for n in groups}
+    done_logits = 0
+    pending: dict = {}
+    twin_cache: dict = {}
+    mismatches = []
+    lava_pred = np.full(N, -1)
+    twin_pred = np.full(N, -1)
+    ev_lava: dict = {}
+    ev_twin: dict = {}
+    spikes_total = {n: 0 for n in groups}
+    twin_seconds = 0.0
+    finished = 0
+
+    def limit(steps):
+        return timeout_s if timeout_s is not None else 300.0 + 30.0 * steps
+
+    def finalize(k):
+        nonlocal finished
+        rec = pending.pop(k)
+        tw = twin_cache.pop(k, None)
+        lava_pred[k] = int(np.argmax(rec["logits"]))
+        for n in groups:
+            spikes_total[n] += int(rec[n]["spikes"].sum())
+        ev = lava_events(graph, net.matrices, {n: rec[n]["spikes"] for n in groups}, net.shapes)
+        for key, val in ev.items():
+            ev_lava[key] = ev_lava.get(key, 0) + val
+        if tw is not None:
+            twin_pred[k] = int(np.argmax(tw["logits"]))
+            mm = compare_clip(k, graph, net.shapes, rec, tw["groups"], rec["logits"], tw["logits"])
+            if mm is not None:
+                mismatches.append(mm)
+            for key, val in tw["events"].items():
+                ev_twin[key] = ev_twin.get(key, 0) + val
+        finished += 1
+        if progress is not None:
+            progress(1)
+
+    def collect():
+        nonlocal done_logits
+        for n in groups:
+            f = min(net.finished(graph.groups[n].latency), N)
+            if f > done[n]:
+                data = net.read_group(n, range(done[n], f))
+                for j, k in enumerate(range(done[n], f)):
+                    pending.setdefault(k, {})[n] = {v: data[v][j] for v in VARS}
+                done[n] = f
+        f = min(net.finished(net.readout_latency), N)
+        if f > done_logits:
+            logits = net.read_logits(range(done_logits, f))
+            for j, k in enumerate(range(done_logits, f)):
+                pending.setdefault(k, {})["logits"] = logits[j]
+            done_logits = f
+        for k in sorted(pending):
+            if len(pending[k]) == len(groups) + 1:
+                finalize(k)
+
+    try:
+        for c0 in range(0, N, chunk):
+            ks = range(c0, min(N, c0 + chunk))
+            if compare:
+                ts = time.perf_counter()
+                res = run_graph(graph, x[c0:ks.stop], mode="int", record=True)
+                for i, k in enumerate(ks):
+                    grp = {n: {"spikes": _clip_slice(res.spikes[n], i, per_body[n]),
+                               "u": _clip_slice(res.u[n], i, per_body[n]),
+                               "v": _clip_slice(res.v[n], i, per_body[n])} for n in groups}
+                    clip_sp = {n: res.spikes[n][:, i * per_body[n]:(i + 1) * per_body[n]] for n in groups}
+                    twin_cache[k] = {"groups": grp, "logits": res.logits[i].numpy().astype(np.int64),
+                                     "events": twin_events(graph, clip_sp, M)}
+                twin_seconds += time.perf_counter() - ts
+            net.run_steps(len(ks) * P, limit(len(ks) * P))
+            collect()
+        drain = net.readout_latency - 1
+        if drain > 0:
+            net.run_steps(drain, limit(drain))
+            collect()
+    finally:
+        net.stop()
+    if finished != N:
+        raise SimError(f"only {finished} of {N} clips came back from Lava; the pipeline alignment is broken")
+    lab = None if labels is None else np.asarray(labels, dtype=np.int64)
+    neurons = {n: int(np.prod(net.shapes[n])) for n in groups}
+    return ReplayResult(graph=graph, clips=N, bit_exact=compare and not mismatches,
+                        mismatches=mismatches, lava_pred=lava_pred, twin_pred=twin_pred, labels=lab,
+                        events_lava=ev_lava, events_twin=ev_twin, spikes=spikes_total, neurons=neurons,
+                        host_macs=host_macs(graph), flops=dense_flops(graph, net.shapes),
+                        seconds=time.perf_counter() - t0 - twin_seconds, twin_seconds=twin_seconds,
+                        shapes=dict(net.shapes))
