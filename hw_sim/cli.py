@@ -30,7 +30,15 @@ def cli(export_dir, data, split, clips, report, plots):
 @click.argument("reports", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="Write the bar chart PNG here.")
 def energy_cli(reports, plot):
-    raise SimError("mksgn-energy is not implemented yet (issue 6); nothing was compared")
+    from .report import compare_reports, load_report, plot_comparison, report_labels
+
+    if len(reports) < 2:
+        raise SimError(f"mksgn-energy compares reports side by side and needs at least two "
+                       f"report files; got {len(reports)}: {', '.join(map(str, reports))}")
+    loaded = list(zip(report_labels(reports), (load_report(p) for p in reports)))
+    click.echo(compare_reports(loaded))
+    if plot is not None:
+        click.echo(f"wrote {plot_comparison(loaded, plot)}")
 
 
 main = run(cli)
