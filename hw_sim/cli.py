@@ -1,7 +1,7 @@
 """``mksgn-sim`` and ``mksgn-energy``: replay an export in Lava and compare energy reports.
 
-Status: the command lines are declared; the Lava replay is tracked in issue 6 and both
-commands fail with a clear message until it lands.
+``mksgn-sim`` exits 0 only when Lava and the twin agree bit for bit on every clip; a
+divergence prints the table and exits 2 naming the first diverging group, step and neuron.
 """
 from __future__ import annotations
 
@@ -22,8 +22,22 @@ from .errors import SimError
 @click.option("--clips", default="8", show_default=True, help="Number of clips, or 'all'.")
 @click.option("--report", type=click.Path(path_type=Path), default=None, help="Write the JSON report here.")
 @click.option("--plots", type=click.Path(path_type=Path), default=None, help="Write PNG plots into this folder.")
-def cli(export_dir, data, split, clips, report, plots):
-    raise SimError("mksgn-sim is not implemented yet (issue 6: Lava replay); nothing was run")
+@click.option("--chunk", type=click.IntRange(1, 256), default=4, show_default=True,
+              help="Clips per run chunk (the host reads the probe rings between chunks).")
+@click.option("--timeout", "timeout_s", type=float, default=None,
+              help="Seconds one chunk may run before the replay is declared stuck (default 300 + 30 per step).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def cli(export_dir, data, split, clips, report, plots, chunk, timeout_s, quiet):
+    from .report import format_table
+    from .simulate import simulate
+    _, rep = simulate(export_dir, data, split, clips, chunk=chunk, timeout_s=timeout_s, report_path=report,
+                      plots_dir=plots, progress=not quiet)
+    click.echo(format_table(rep))
+    if report:
+        click.echo(f"report: {report}")
+    if not rep["bit_exact"]:
+        raise SimError(f"Lava and the twin differ on {len(rep['mismatches'])} of {rep['clips']} clips: "
+                       f"{rep['mismatches'][0]['message']}")
 
 
 @click.command(help="Side-by-side table and bar chart of two or more mksgn-sim / mksgn-eval energy reports.")

@@ -33,6 +33,7 @@ import os
 import shutil
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,7 +47,11 @@ from .connectivity import per_clip_groups, population_shape, static_connections,
 from .errors import SimError
 from .processes import PROBE_FILES, open_trace
 
-__all__ = ["LavaNetwork", "build_network", "input_currents"]
+__all__ = ["LavaNetwork", "build_network", "input_currents", "host_macs"]
+
+# lava's compiler imports every module next to a process's module while it searches for
+# process models and warns about each one that is not a process module: noise, not a fault.
+warnings.filterwarnings("ignore", message="Cannot import module", category=UserWarning)
 
 
 def input_currents(graph: Graph, x: torch.Tensor) -> dict:

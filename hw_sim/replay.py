@@ -24,7 +24,7 @@ from .network import LavaNetwork, build_network, host_macs, input_currents
 __all__ = ["Mismatch", "ReplayResult", "replay", "compare_clip"]
 
 _PJ_TO_MJ = 1e-9
-VARS = ("spikes", "u", "v")
+VARS = ("u", "v", "spikes")  # causal order within a step: current, then voltage, then spike
 
 
 @dataclass
@@ -202,7 +202,7 @@ def _clip_slice(t: torch.Tensor, i: int, per_body: int) -> np.ndarray:
 
 
 def replay(graph: Graph, x: torch.Tensor, labels=None, *, chunk: int = 4, timeout_s: float | None = None,
-           progress=None, compare: bool = True) -> ReplayResult:
+           progress=None, compare: bool = True, reference: Graph | None = None) -> ReplayResult:
     """Stream clips through the Lava network (one compiled run) and compare with the twin.
 
     Parameters
@@ -214,6 +214,8 @@ def replay(graph: Graph, x: torch.Tensor, labels=None, *, chunk: int = 4, timeou
     timeout_s : float or None — limit for one chunk's run; default ``300 + 30 s/step``.
     progress : callable(n) or None — called with the number of clips finished.
     compare : bool — run the twin and compare (always done by ``mksgn-sim``).
+    reference : Graph or None — the graph the twin runs (default ``graph``); tests plant
+        defects in ``graph`` only, to prove the comparison finds them.
 
     Returns
     -------
@@ -296,14 +298,14 @@ def replay(graph: Graph, x: torch.Tensor, labels=None, *, chunk: int = 4, timeou
             ks = range(c0, min(N, c0 + chunk))
             if compare:
                 ts = time.perf_counter()
-                res = run_graph(graph, x[c0:ks.stop], mode="int", record=True)
+                res = run_graph(reference or graph, x[c0:ks.stop], mode="int", record=True)
                 for i, k in enumerate(ks):
                     grp = {n: {"spikes": _clip_slice(res.spikes[n], i, per_body[n]),
                                "u": _clip_slice(res.u[n], i, per_body[n]),
                                "v": _clip_slice(res.v[n], i, per_body[n])} for n in groups}
                     clip_sp = {n: res.spikes[n][:, i * per_body[n]:(i + 1) * per_body[n]] for n in groups}
                     twin_cache[k] = {"groups": grp, "logits": res.logits[i].numpy().astype(np.int64),
-                                     "events": twin_events(graph, clip_sp, M)}
+                                     "events": twin_events(reference or graph, clip_sp, M)}
                 twin_seconds += time.perf_counter() - ts
             net.run_steps(len(ks) * P, limit(len(ks) * P))
             collect()
