@@ -20,8 +20,11 @@ venv: $(BIN)/.installed
 
 demo: venv
 	$(BIN)/mksgn-data stats $(DATA)/nw-ucla
-	$(BIN)/mksgn-eval models/mksgn_ucla_joint.pt --data $(DATA)/nw-ucla --plots out/demo --analysis-clips 64
 	$(BIN)/mksgn-export models/mksgn_ucla_joint.pt --target lava -o out/demo/mksgn_lava --calib-data $(DATA)/nw-ucla --force
+	$(BIN)/mksgn-sim out/demo/mksgn_lava --data $(DATA)/nw-ucla --clips 8 --report out/demo/mksgn_sim.json --plots out/demo/mksgn
+	$(BIN)/mksgn-export models/base_sgn_ucla_joint.pt --target lava -o out/demo/base_sgn_lava --calib-data $(DATA)/nw-ucla --force
+	$(BIN)/mksgn-sim out/demo/base_sgn_lava --data $(DATA)/nw-ucla --clips 8 --report out/demo/base_sgn_sim.json --plots out/demo/base_sgn
+	$(BIN)/mksgn-energy out/demo/base_sgn_sim.json out/demo/mksgn_sim.json --plot out/demo/energy_comparison.png
 
 test: venv
 	$(BIN)/python -m pytest -q -m "not slow" tests
