@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -308,19 +306,24 @@ def compare_reports(reports: Sequence[tuple[str, dict]]) -> str:
 # ----------------------------------------------------------------------------- plotting
 
 def _atomic_savefig(fig, path: Path) -> Path:
-    """Save ``fig`` as PNG to a temp file beside ``path`` and ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Save ``fig`` as PNG via :func:`mksgn.checkpoint.atomic_write` (temp file + rename)."""
+    from mksgn.checkpoint import atomic_write
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+
+
+def _paired_bars(fig, ax, path: Path, labels, meas, ana, *, rotation: int, ylabel: str, title: str) -> Path:
+    """Measured vs analytic grouped bars (log axis when wide), saved atomically to ``path``."""
+    x = list(range(len(labels)))
+    ax.bar([i - 0.2 for i in x], meas, width=0.4, label="measured (Lava events)", color="tab:blue")
+    ax.bar([i + 0.2 for i in x], ana, width=0.4, label="analytic (eq. 33)", color="tab:orange")
+    if _wide_range(meas + ana):
+        ax.set_yscale("log")
+    ax.set_xticks(x, labels, rotation=rotation, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _atomic_savefig(fig, path)
 
 
 def _pyplot():
@@ -372,16 +375,8 @@ def plot_report(report: dict, out_dir: str | Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(width, 4.2))
     try:
-        ax.bar([i - 0.2 for i in x], meas, width=0.4, label="measured (Lava events)", color="tab:blue")
-        ax.bar([i + 0.2 for i in x], ana, width=0.4, label="analytic (eq. 33)", color="tab:orange")
-        if _wide_range(meas + ana):
-            ax.set_yscale("log")
-        ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
-        ax.set_ylabel("energy per clip [µJ]")
-        ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(_atomic_savefig(fig, out_dir / "energy_per_layer.png"))
+        paths.append(_paired_bars(fig, ax, out_dir / "energy_per_layer.png", names, meas, ana, rotation=45,
+                                  ylabel="energy per clip [µJ]", title=title))
     finally:
         plt.close(fig)
 
@@ -417,18 +412,9 @@ def plot_comparison(reports: Sequence[tuple[str, dict]], path: str | Path) -> Pa
     ana = [r.get("energy_mj_analytic_per_clip") for _, r in reports]
     meas = [v if _is_number(v) else math.nan for v in meas]
     ana = [v if _is_number(v) else math.nan for v in ana]
-    x = list(range(len(labels)))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(labels) + 2), 4.2))
     try:
-        ax.bar([i - 0.2 for i in x], meas, width=0.4, label="measured (Lava events)", color="tab:blue")
-        ax.bar([i + 0.2 for i in x], ana, width=0.4, label="analytic (eq. 33)", color="tab:orange")
-        if _wide_range(meas + ana):
-            ax.set_yscale("log")
-        ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
-        ax.set_ylabel("energy per clip [mJ]")
-        ax.set_title("energy per clip: measured vs analytic", fontsize=9)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        return _atomic_savefig(fig, Path(path))
+        return _paired_bars(fig, ax, Path(path), labels, meas, ana, rotation=20, ylabel="energy per clip [mJ]",
+                            title="energy per clip: measured vs analytic")
     finally:
         plt.close(fig)
