@@ -109,6 +109,18 @@ def test_netx_rejects_non_chain():
         netx_layers(g)
 
 
+def test_netx_refuses_huge_dense_layers_without_building_them(monkeypatch):
+    """A chain whose dense layer is too large is refused by size before any matrix is built
+    (the shipped Base-SGN*'s first layers once needed 24 GB of identity probes and were
+    OOM-killed)."""
+    import export.writers.lava_writer as lw
+    g = _chain(False)
+    monkeypatch.setattr(lw, "NETX_MAX_DENSE", 10)
+    monkeypatch.setattr(lw, "dense_matrix", lambda *a: pytest.fail("dense matrix built"))
+    with pytest.raises(ExportError, match="too large"):
+        netx_layers(g)
+
+
 def _assert_same(a: Graph, b: Graph):
     assert list(a.groups) == list(b.groups) and list(a.synapses) == list(b.synapses)
     assert a.input_shape == b.input_shape and a.time_steps == b.time_steps

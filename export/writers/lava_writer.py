@@ -161,6 +161,11 @@ def _new_group(h, name):
 
 
 # --------------------------------------------------------------------------- netx stack
+# Largest dense netx layer the writer builds (entries): a real model's first layers would need
+# (16,640 × 16,640) float64 identity probes — 24 GB — before the chain check even fails.
+NETX_MAX_DENSE = 2 ** 24
+
+
 def dense_matrix(s: Synapse, in_shape: tuple, weight) -> np.ndarray:
     """The explicit ``(n_out, n_in)`` matrix of a linear synapse on one sample.
 
@@ -220,7 +225,11 @@ def netx_layers(graph: Graph) -> list:
         if any(d for d in s.meta.get("delays", {}).values()) or s.delay:
             why.append(f"synapse {s.name} has a delay")
         layer = {"type": "dense", "shape": np.array(g.shape, np.int64)}
-        if graph.quantised:
+        size = int(np.prod(prev_shape)) * g.size
+        if size > NETX_MAX_DENSE:
+            why.append(f"synapse {s.name}: its dense ({g.size}, {int(np.prod(prev_shape))}) matrix has "
+                       f"{size:,} entries (> {NETX_MAX_DENSE:,}); netx's dense layer format would be too large")
+        elif graph.quantised:
             m = np.rint(dense_matrix(s, prev_shape, s.weight_mant)).astype(np.int64)
             e = int(s.weight_exp)
             if e >= 0:
