@@ -33,6 +33,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -176,8 +177,16 @@ class LavaNetwork:
         worker = threading.Thread(target=self.anchor.stop, daemon=True)
         worker.start()
         worker.join(timeout_s)
-        for child in multiprocessing.active_children():
+        children = multiprocessing.active_children()
+        for child in children:
             child.terminate()
+        deadline = time.monotonic() + 5.0
+        while any(c.is_alive() for c in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for child in children:
+            if child.is_alive():
+                child.kill()
+        multiprocessing.active_children()  # reap
         if self.trace_dir:
             shutil.rmtree(self.trace_dir, ignore_errors=True)
 

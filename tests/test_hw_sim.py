@@ -136,14 +136,16 @@ def test_tampered_or_incomplete_export_is_refused(export_dir, tmp_path):
 
 def test_runtime_stopped_after_an_error_mid_run(graph):
     """A process model that fails during the run: SimError, and no Lava worker process or
-    trace folder is left behind."""
+    trace folder is left behind. (lava-nc 0.10 does not always report a process model's
+    exception to the caller — the run then waits forever — so the watchdog's "stuck" error is
+    the other accepted outcome.)"""
     currents = input_currents(graph, real_clips("test", 1))
     net = build_network(graph, currents, chunk=1)
     os.remove(os.path.join(net.trace_dir, "in0", "currents.bin"))  # GradedInput opens it at step 1
     try:
-        with pytest.raises(SimError, match="Lava failed"):
-            net.run_steps(4, timeout_s=600)
+        with pytest.raises(SimError, match="Lava failed|looks stuck"):
+            net.run_steps(4, timeout_s=45)
     finally:
-        net.stop()
+        net.stop(timeout_s=20)
     assert multiprocessing.active_children() == []
     assert not os.path.exists(net.trace_dir)
