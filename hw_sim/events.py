@@ -3,7 +3,8 @@ measured vs analytic energy per clip.
 
 Two independent counts per synapse and clip:
 
-* :func:`lava_events` — from the spikes Lava emitted and the CSR matrices Lava was given:
+* :func:`lava_events` — from the spikes Lava emitted and the fan-out of the CSR matrices Lava
+  was given (:func:`hw_sim.connectivity.fan_out`, computed once at build):
   ``events = Σ_t spikes_t · fan_out`` (each spike × its non-zero fan-out), attention from
   the Q/K/V spikes by :func:`attention_events`;
 * :func:`twin_events` — from the twin's spike tensors through the twin's own synapse op with
@@ -26,7 +27,6 @@ import numpy as np
 from export.ir import INPUT, Graph
 from export.twin import synapse_op
 
-from .connectivity import fan_out
 
 __all__ = ["attention_events", "lava_events", "twin_events", "dense_flops", "firing_rates"]
 
@@ -40,12 +40,12 @@ def attention_events(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> int:
     return first + second
 
 
-def lava_events(graph: Graph, matrices: dict, spikes: dict, shapes: dict) -> dict:
-    """Synaptic events per synapse for one clip, from Lava's spikes and matrices.
+def lava_events(graph: Graph, fan_outs: dict, spikes: dict, shapes: dict) -> dict:
+    """Synaptic events per synapse for one clip, from Lava's spikes and matrices' fan-out.
 
     Parameters
     ----------
-    matrices : dict (synapse, source) → CSR given to Lava
+    fan_outs : dict (synapse, source) → non-zero synapses per source neuron ``(n_source,)``
     spikes : dict group → int array ``(T_s, n)`` (Lava-probed)
     shapes : dict group → ``(M, C, T, V)``
 
@@ -61,7 +61,7 @@ def lava_events(graph: Graph, matrices: dict, spikes: dict, shapes: dict) -> dic
             q, k, v = (spikes[u].reshape((-1,) + tuple(shapes[u])) for u in s.sources)
             out[s.name] = attention_events(q, k, v)
             continue
-        out[s.name] = int(sum(int(spikes[u].sum(axis=0) @ fan_out(matrices[(s.name, u)])) for u in s.sources))
+        out[s.name] = int(sum(int(spikes[u].sum(axis=0) @ fan_outs[(s.name, u)]) for u in s.sources))
     return out
 
 

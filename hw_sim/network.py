@@ -44,7 +44,7 @@ from export import fixed_point as fx
 from export.ir import INPUT, LOGITS, Graph
 from export.twin import quantise_input, synapse_op
 
-from .connectivity import per_clip_groups, population_shape, static_connections, synapse_matrix
+from .connectivity import fan_out, per_clip_groups, population_shape, static_connections, synapse_matrix
 from .errors import SimError
 from .processes import PROBE_FILES, open_trace
 
@@ -103,7 +103,8 @@ class LavaNetwork:
     sources : dict group → GradedInput
     trace_dir : str — temporary folder of the memory-mapped inputs and probe rings
     readout : Readout process
-    matrices : dict (synapse, source) → CSR matrix given to Lava
+    fan_outs : dict (synapse, source) → non-zero fan-out per source neuron of the matrix
+        given to Lava (for event counting; the matrices themselves live in the processes)
     shapes : dict group → ``(M, C, T, V)``
     """
 
@@ -117,7 +118,7 @@ class LavaNetwork:
     synapses: dict = field(default_factory=dict)
     delays: dict = field(default_factory=dict)
     readout: object = None
-    matrices: dict = field(default_factory=dict)
+    fan_outs: dict = field(default_factory=dict)
     shapes: dict = field(default_factory=dict)
     steps_run: int = 0
     started: bool = False
@@ -307,7 +308,7 @@ def build_network(graph: Graph, currents: dict, chunk: int = 4) -> LavaNetwork:
         mat = synapse_matrix(graph, s, u, per_clip)
         if not np.array_equal(fx.truncate_weights(mat.data.astype(np.int64)), mat.data):
             raise SimError(f"synapse {s.name}: weights are not on Lava's 8-bit grid; re-export")
-        net.matrices[(s.name, u)] = mat
+        net.fan_outs[(s.name, u)] = fan_out(mat)
         label = f"{s.name}<-{u}"
         if s.target == LOGITS:
             if d:

@@ -260,7 +260,7 @@ def replay(graph: Graph, x: torch.Tensor, labels=None, *, chunk: int = 4, timeou
         lava_pred[k] = int(np.argmax(rec["logits"]))
         for n in groups:
             spikes_total[n] += int(rec[n]["spikes"].sum())
-        ev = lava_events(graph, net.matrices, {n: rec[n]["spikes"] for n in groups}, net.shapes)
+        ev = lava_events(graph, net.fan_outs, {n: rec[n]["spikes"] for n in groups}, net.shapes)
         for key, val in ev.items():
             ev_lava[key] = ev_lava.get(key, 0) + val
         if tw is not None:
