@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import numpy as np
 
 from mksgn.cli.common import run
 
@@ -30,3 +31,64 @@ def cli(checkpoint, target, out_dir, calib_data, calib_clips, force):
 
 
 main = run(cli)
+
+
+@click.command(help="Does a checkpoint survive Loihi's integer arithmetic? Lowers it as mksgn-export does, "
+                    "then runs the float network and its Loihi fixed-point twin on real clips: float vs "
+                    "integer top-1, where the two part ways group by group (spike flips), and the float "
+                    "model's own noise floor (top-1 under tiny random weight changes). Exits 1 when the loss exceeds "
+                    "--max-loss and lies below that floor.")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="Dataset folder to evaluate on, e.g. ../shared/data/nw-ucla.")
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--clips", type=int, default=None, help="Only the first N clips of the split (default: all).")
+@click.option("--calib-data", type=click.Path(path_type=Path), default=None,
+              help="Dataset folder for calibration (default: --data); training clips, as mksgn-export.")
+@click.option("--calib-clips", type=int, default=64, show_default=True)
+@click.option("--runs", type=int, default=8, show_default=True,
+              help="Perturbed float runs for the noise floor (0 skips it).")
+@click.option("--eps", type=float, default=None,
+              help="Relative weight perturbation of the noise floor [default: 1e-4, ~1/40 of an 8-bit step].")
+@click.option("--divergence-clips", type=int, default=16, show_default=True,
+              help="Clips for the per-group spike-divergence table (records every group).")
+@click.option("--max-loss", type=float, default=0.5, show_default=True,
+              help="Accepted quantisation loss in top-1 points.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Write the whole result to this JSON file.")
+@click.option("--plots", "plots_dir", type=click.Path(path_type=Path), default=None,
+              help="Write divergence.png and noise_floor.png into this folder.")
+def qcheck(checkpoint, data, split, clips, calib_data, calib_clips, runs, eps, divergence_clips, max_loss,
+           json_path, plots_dir):
+    import json
+
+    from mksgn.checkpoint import atomic_write
+
+    from .sensitivity import DEFAULT_EPS, HOT_FACTOR, format_divergence, plot_quant_check, quant_check
+    r = quant_check(checkpoint, data, split, calib_data, calib_clips, runs,
+                    DEFAULT_EPS if eps is None else eps, divergence_clips, max_loss, clips)
+    click.echo(f"\nspike divergence, integer vs float network ({r['divergence_clips']} {split} clips):")
+    click.echo(format_divergence(r["divergence"]))
+    click.echo(f"\n{Path(checkpoint).name} on {r['clips']} {split} clips:")
+    click.echo(f"  float top-1     {r['float_top1']:.2f} %")
+    click.echo(f"  integer top-1   {r['int_top1']:.2f} %   (loss {r['loss']:+.2f} points, "
+               f"{r['changed']} predictions changed)")
+    f = r["floor"]
+    if f:
+        click.echo(f"  noise floor     float top-1 {f['mean']:.2f} ± {f['std']:.2f} % (min {f['min']:.2f}, "
+                   f"max {f['max']:.2f}) over {f['runs']} runs with weights × (1 + {f['eps']:g}·z); "
+                   f"{np.mean(f['changed']):.1f} predictions changed per run")
+    if r["hot_spots"]:
+        click.echo(f"  hot spots (flip more than {HOT_FACTOR:g}x their sources): {', '.join(r['hot_spots'])}")
+    click.echo(f"verdict ({r['status']}): {r['verdict']}")
+    if json_path:
+        atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(r, indent=1)))
+        click.echo(f"wrote {json_path}")
+    if plots_dir:
+        for p in plot_quant_check(r, plots_dir):
+            click.echo(f"wrote {p}")
+    if r["status"] == "loss":
+        raise SystemExit(1)
+
+
+qcheck_main = run(qcheck)

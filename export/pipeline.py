@@ -14,7 +14,7 @@ from .frontend import from_checkpoint
 from .ir import Graph
 from .passes import balance_delays, fold_bn, fold_fusion, fold_graph, quantise
 
-__all__ = ["calibration_clips", "lower", "export_graph"]
+__all__ = ["calibration_clips", "fold_all", "lower", "export_graph"]
 
 
 def calibration_clips(data_root: str | Path, modality: str, num_clips: int, seed: int = 0,
@@ -39,9 +39,15 @@ def calibration_clips(data_root: str | Path, modality: str, num_clips: int, seed
     return torch.stack(clips)
 
 
+def fold_all(graph: Graph) -> Graph:
+    """The float passes in order: fold BN → fold adjacency → fold fusion → balance delays.
+    The result computes what the PyTorch model computes (``run_graph(..., mode="float")``)."""
+    return balance_delays(fold_fusion(fold_graph(fold_bn(graph))))
+
+
 def lower(graph: Graph, calib_x: torch.Tensor) -> Graph:
-    """All passes in order: fold BN → fold adjacency → fold fusion → balance delays → quantise."""
-    return quantise(balance_delays(fold_fusion(fold_graph(fold_bn(graph)))), calib_x)
+    """All passes in order: :func:`fold_all`, then quantise with calibration clips ``calib_x``."""
+    return quantise(fold_all(graph), calib_x)
 
 
 def export_graph(checkpoint: str | Path, calib_data: str | Path, calib_clips: int = 64,
