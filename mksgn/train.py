@@ -54,6 +54,15 @@ class TrainConfig:
     protocol : str or None
     eval_every : int
         Evaluate on the test split every this many epochs (and at the last).
+    weight_noise : float
+        Noise-aware training: relative std ``σ`` of a multiplicative Gaussian perturbation
+        ``w·(1 + σ·z)`` drawn afresh for every weight tensor (conv, linear; not BN) at every
+        training step; the gradient is taken at the perturbed weights and applied to the clean
+        ones (weight-noise injection, Murray & Edwards 1994, IEEE TNN 5(5)). ``σ ≈ 2⁻⁸``
+        matches the rounding of Loihi's 8-bit weight mantissa. 0 switches it off.
+    init_from : str or None
+        Start from this checkpoint's weights (fine-tuning; same model config required). A
+        relative path is taken from the working directory.
     """
 
     epochs: int = 64
@@ -71,6 +80,8 @@ class TrainConfig:
     dataset: str = "ucla"
     protocol: str | None = None
     eval_every: int = 1
+    weight_noise: float = 0.0
+    init_from: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -81,6 +92,8 @@ class TrainConfig:
         cfg = cls(**d)
         if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
             raise ConfigError("train.epochs and train.batch_size must be ≥ 1 and train.lr > 0")
+        if not 0 <= cfg.weight_noise < 1:
+            raise ConfigError(f"train.weight_noise must be in [0, 1) (got {cfg.weight_noise})")
         if cfg.lr_schedule and (min(e for e, _ in cfg.lr_schedule) != 0
                                 or any(lr <= 0 for _, lr in cfg.lr_schedule)):
             raise ConfigError("train.lr_schedule must start at epoch 0 and have positive rates")
@@ -161,6 +174,28 @@ def _payload(model, mcfg, tcfg, train_set, epoch, metrics, opt=None) -> dict:
     return out
 
 
+def _perturb_weights(model: torch.nn.Module, sigma: float) -> list:
+    """Multiply every synaptic weight (conv, linear, per-channel affine: every module weight
+    except normalisation layers') by ``1 + sigma·z`` in place (noise-aware training); returns
+    ``[(parameter, clean copy)]`` for :func:`_restore_weights`. ``sigma = 0``: no-op."""
+    if sigma <= 0:
+        return []
+    saved = []
+    with torch.no_grad():
+        for mod in model.modules():
+            w = getattr(mod, "weight", None)
+            if isinstance(w, torch.nn.Parameter) and not isinstance(mod, torch.nn.modules.batchnorm._NormBase):
+                saved.append((w, w.detach().clone()))
+                w.mul_(1 + sigma * torch.randn_like(w))
+    return saved
+
+
+def _restore_weights(saved: list) -> None:
+    with torch.no_grad():
+        for w, clean in saved:
+            w.copy_(clean)
+
+
 def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
           epochs: int | None = None, resume: bool = True, threads: int | None = None,
           log=print) -> dict:
@@ -197,6 +232,10 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
                           weight_decay=tcfg.weight_decay, nesterov=tcfg.nesterov)
     start, history = 0, []
     last = out_dir / "last.pt"
+    if tcfg.init_from:
+        init = load_checkpoint(tcfg.init_from)
+        load_state(model, init["state_dict"], tcfg.init_from)
+        log(f"initialised from {tcfg.init_from}")
     if resume and last.exists():
         ckpt = load_checkpoint(last)
         load_state(model, ckpt["state_dict"], last)
@@ -223,6 +262,7 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
             lr = tcfg.lr_at(epoch + i / len(loader))
             for g in opt.param_groups:
                 g["lr"] = lr
+            clean = _perturb_weights(model, tcfg.weight_noise)
             logits = model(model_input(x, tcfg.modalities))
             loss = F.cross_entropy(logits, y)
             if not torch.isfinite(loss):
@@ -230,6 +270,7 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
                                   "lower train.lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            _restore_weights(clean)
             opt.step()
             seen += len(y)
             correct += (logits.argmax(1) == y).sum().item()

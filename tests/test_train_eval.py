@@ -159,3 +159,39 @@ def test_eval_cli_errors(tmp_path, small_ucla):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "not a readable torch checkpoint" in r.stderr
+
+
+def test_weight_noise_perturbs_synapses_only_and_restores_exactly():
+    from mksgn.models import ModelConfig, build_model
+    from mksgn.train import _perturb_weights, _restore_weights
+    m = build_model(ModelConfig.from_dict(TINY_MODEL))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    assert _perturb_weights(m, 0.0) == []
+    torch.manual_seed(0)
+    saved = _perturb_weights(m, 0.01)
+    after = m.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    norm = {f"{n}.{p}" for n, mod in m.named_modules() if isinstance(mod, torch.nn.modules.batchnorm._NormBase)
+            for p, _ in mod.state_dict().items()}
+    synaptic = {f"{n}.weight" for n, mod in m.named_modules()
+                if isinstance(getattr(mod, "weight", None), torch.nn.Parameter)} - norm
+    assert changed == synaptic and "head.fc.weight" in changed and "sc.conv.weight" in changed
+    rel = max(float(((after[k] - before[k]).abs() / before[k].abs().clamp_min(1e-12)).max()) for k in changed)
+    assert 0.01 < rel < 0.1  # about sigma, several sigmas at most
+    _restore_weights(saved)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def test_fine_tune_from_a_checkpoint_with_weight_noise(trained, small_ucla, tmp_path):
+    out, _, _ = trained
+    init = out / "ckpt" / "model.pt"
+    cfg = write_config(tmp_path / "ft.json", train={"epochs": 1, "lr": 1e-9, "weight_noise": 0.004,
+                                                    "init_from": str(init)})
+    train(cfg, small_ucla, tmp_path / "ft", log=lambda *a: None)
+    a = load_checkpoint(init)["state_dict"]
+    b = load_checkpoint(tmp_path / "ft" / "model.pt")["state_dict"]
+    # lr ~ 0: the fine-tuned weights are the initial ones (the noise is never kept), BN stats move
+    w = [k for k in a if k.endswith("conv.weight") or k.endswith("fc.weight")]
+    assert w and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in w)
+    with pytest.raises(ConfigError, match="weight_noise"):
+        load_config(write_config(tmp_path / "bad.json", train={"weight_noise": 1.5}))
