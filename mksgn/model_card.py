@@ -61,6 +61,21 @@ def write_model_card(checkpoint: str | Path, result: dict, path: str | Path) -> 
         f"- training time {secs / 60:.1f} min on {platform.machine()} with {os.cpu_count()} CPU cores "
         f"(torch {torch.__version__}); source revision {ckpt.get('git_revision')}",
         f"- final train top-1 {hist[-1]['train_top1']:.1f} %" if hist else "- no history recorded",
+    ]
+    parent = met.get("init_from")
+    if tr.get("weight_noise"):
+        lines.append(f"- noise-aware training: every synaptic weight × (1 + {tr['weight_noise']}·z), z ~ N(0, 1), "
+                     "redrawn at every step (`train.weight_noise`)")
+    if parent:
+        top = parent.get("test_top1")
+        lines.append(f"- fine-tuned from `{parent['checkpoint']}`: {parent['epochs']} epochs before this run "
+                     f"({parent['train_seconds'] / 60:.1f} min, revision {parent.get('git_revision')}"
+                     + (f", test top-1 {top:.2f} %" if top is not None else "") + "); its schedule: "
+                     + (f"piecewise lr {parent['train']['lr_schedule']}" if parent["train"].get("lr_schedule")
+                        else f"lr {parent['train'].get('lr')}") +
+                     f"; total {parent['epochs'] + len(hist)} epochs, "
+                     f"{(parent['train_seconds'] + secs) / 60:.1f} min")
+    lines += [
         f"- file size {size_mb:.2f} MB",
         "",
         "## Firing rates (spikes per neuron per time step, test split)",

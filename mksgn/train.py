@@ -174,6 +174,20 @@ def _payload(model, mcfg, tcfg, train_set, epoch, metrics, opt=None) -> dict:
     return out
 
 
+def parent_summary(ckpt: dict, path) -> dict:
+    """What a fine-tuned checkpoint keeps of the one it started from (``train.init_from``):
+    path, epochs, training seconds (its own and its ancestors'), final test top-1, train
+    config and revision -- so its model card can state the whole recipe after the parent
+    file is gone."""
+    met = ckpt.get("metrics", {})
+    hist = met.get("history", [])
+    own = met.get("train_seconds") or sum(h.get("seconds", 0) for h in hist)
+    up = met.get("init_from") or {}
+    return {"checkpoint": str(path), "epochs": len(hist) + up.get("epochs", 0),
+            "train_seconds": own + up.get("train_seconds", 0), "test_top1": met.get("test_top1"),
+            "train": ckpt.get("config", {}).get("train", {}), "git_revision": ckpt.get("git_revision")}
+
+
 def _perturb_weights(model: torch.nn.Module, sigma: float) -> list:
     """Multiply every synaptic weight (conv, linear, per-channel affine: every module weight
     except normalisation layers') by ``1 + sigma·z`` in place (noise-aware training); returns
@@ -232,9 +246,11 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
                           weight_decay=tcfg.weight_decay, nesterov=tcfg.nesterov)
     start, history = 0, []
     last = out_dir / "last.pt"
+    parent = None
     if tcfg.init_from:
         init = load_checkpoint(tcfg.init_from)
         load_state(model, init["state_dict"], tcfg.init_from)
+        parent = parent_summary(init, tcfg.init_from)
         log(f"initialised from {tcfg.init_from}")
     if resume and last.exists():
         ckpt = load_checkpoint(last)
@@ -286,14 +302,14 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
         log(f"epoch {epoch + 1:3d}/{tcfg.epochs}  loss {rec['train_loss']:.3f}  train {rec['train_top1']:.1f}%  "
             + (f"test {rec['test_top1']:.1f}%  " if "test_top1" in rec else "")
             + f"{rec['seconds']:.0f}s ({rec['samples_per_s']:.1f} samples/s)")
-        metrics = {"history": history, "params": n_params}
+        metrics = {"history": history, "params": n_params, **({"init_from": parent} if parent else {})}
         save_checkpoint(last, _payload(model, mcfg, tcfg, train_set, epoch + 1, metrics, opt))
         (out_dir / "history.json").write_text(json.dumps(history, indent=1))
     final = history[-1] if history else {}
     metrics = {"history": history, "params": n_params, "test_top1": final.get("test_top1"),
                "epochs": tcfg.epochs,
                "train_seconds": sum(h["seconds"] for h in history),
-               "wall_seconds_this_run": time.time() - t_start}
+               "wall_seconds_this_run": time.time() - t_start, **({"init_from": parent} if parent else {})}
     save_checkpoint(out_dir / "model.pt", _payload(model, mcfg, tcfg, train_set, tcfg.epochs, metrics))
     log(f"wrote {out_dir / 'model.pt'} (test top-1 {final.get('test_top1', float('nan')):.2f}%)")
     return metrics

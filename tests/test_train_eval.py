@@ -193,5 +193,13 @@ def test_fine_tune_from_a_checkpoint_with_weight_noise(trained, small_ucla, tmp_
     # lr ~ 0: the fine-tuned weights are the initial ones (the noise is never kept), BN stats move
     w = [k for k in a if k.endswith("conv.weight") or k.endswith("fc.weight")]
     assert w and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in w)
+    # the parent's recipe survives in the checkpoint and its model card
+    parent = load_checkpoint(tmp_path / "ft" / "model.pt")["metrics"]["init_from"]
+    assert parent["checkpoint"] == str(init) and parent["epochs"] == TINY_TRAIN["epochs"]
+    from mksgn.model_card import write_model_card
+    r = evaluate(tmp_path / "ft" / "model.pt", small_ucla, analysis_clips=2, progress=False)
+    card = write_model_card(tmp_path / "ft" / "model.pt", r, tmp_path / "card.md").read_text()
+    assert f"fine-tuned from `{init}`: {TINY_TRAIN['epochs']} epochs before this run" in card
+    assert f"total {TINY_TRAIN['epochs'] + 1} epochs" in card and "weight × (1 + 0.004·z)" in card
     with pytest.raises(ConfigError, match="weight_noise"):
         load_config(write_config(tmp_path / "bad.json", train={"weight_noise": 1.5}))
