@@ -179,8 +179,8 @@ def verdict(float_top1: float, int_top1: float, floor: dict | None, max_loss: fl
         return "noise", (f"quantisation loss {loss:+.2f} points exceeds the {max_loss:g}-point budget but "
                          f"lies inside the float model's own noise floor (top-1 {floor['min']:.2f}–"
                          f"{floor['max']:.2f} % under relative weight changes of {floor['eps']:g}): the "
-                         "model is this sensitive to any change, integer or not; noise-aware training, "
-                         "not finer arithmetic, is what would shrink it")
+                         "model is this sensitive to any change, integer or not, so finer arithmetic "
+                         "would not shrink it; a model with larger logit margins would")
     return "loss", (f"quantisation loss {loss:+.2f} points exceeds the {max_loss:g}-point budget and the "
                     "float model's noise floor: look at the first groups with many flips in the "
                     "divergence table")
