@@ -182,8 +182,8 @@ def verdict(float_top1: float, int_top1: float, floor: dict | None, max_loss: fl
                          "model is this sensitive to any change, integer or not, so finer arithmetic "
                          "would not shrink it; a model with larger logit margins would")
     return "loss", (f"quantisation loss {loss:+.2f} points exceeds the {max_loss:g}-point budget and the "
-                    "float model's noise floor: look at the first groups with many flips in the "
-                    "divergence table")
+                    "float model's noise floor: look at the hot spots (groups flipping far more than "
+                    "their sources) in the divergence table")
 
 
 def _load_split(data_root, split: str, modality: str, progress: bool):
