@@ -184,6 +184,9 @@ def from_checkpoint(path: str | Path) -> tuple[Graph, dict]:
         model, ckpt = load_model(path)
     except MksgnError as exc:
         raise ExportError(str(exc)) from None
+    if ckpt["config"]["model"].get("arch") == "ctrgcn":
+        raise ExportError(f"{path}: a CTR-GCN checkpoint is the float (ReLU) distillation teacher, not a "
+                          "spiking network; export the MK-SGN or Base-SGN* student instead")
     bad = [k for k, v in ckpt["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise ExportError(f"{path}: non-finite (NaN/Inf) values in {', '.join(bad[:3])}; "

@@ -166,10 +166,10 @@ def analyse(model: nn.Module, batches: Iterable, time_steps: int,
     modules = dict(model.named_modules())
     neuron_acc, op_acc, op_meta, handles, op_roots = {}, {}, {}, [], []
 
-    def real(name):
+    def real(name):  # the op, or a module containing it (the whole model for an ANN), is real-valued
         parts = name.split(".")
-        return any(getattr(modules[".".join(parts[:i])], "real_valued_input", False)
-                   for i in range(1, len(parts) + 1))
+        return getattr(model, "real_valued_input", False) or any(
+            getattr(modules[".".join(parts[:i])], "real_valued_input", False) for i in range(1, len(parts) + 1))
 
     def neuron_hook(name):
         def hook(mod, inputs, output):

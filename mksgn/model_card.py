@@ -15,6 +15,7 @@ import torch
 
 from .checkpoint import atomic_write, load_checkpoint
 
+ARCH_NAMES = {"mksgn": "MK-SGN", "base_sgn": "Base-SGN*", "ctrgcn": "CTR-GCN"}
 TOP1_LINE = re.compile(r"^- test top-1: ([0-9.]+) %", re.M)
 
 
@@ -38,8 +39,9 @@ def write_model_card(checkpoint: str | Path, result: dict, path: str | Path) -> 
     lines = [
         f"# {Path(checkpoint).name}",
         "",
-        f"{'MK-SGN' if cfg['arch'] == 'mksgn' else 'Base-SGN*'} ({cfg['layout']}, width {cfg['width']}, "
-        f"T_s = {cfg['time_steps']}), {', '.join(ckpt['data']['modalities'])} modality, trained on the real "
+        f"{ARCH_NAMES.get(cfg['arch'], cfg['arch'])} ({cfg['layout']}, width {cfg['width']}"
+        + (f", T_s = {cfg['time_steps']}" if cfg["arch"] != "ctrgcn" else ", float ANN teacher") +
+        f"), {', '.join(ckpt['data']['modalities'])} modality, trained on the real "
         f"NW-UCLA split (views v01+v02 train, v03 test) with `mksgn-train`.",
         "",
         "## Result (reproduce with `mksgn-eval " + f"models/{Path(checkpoint).name} --data ../shared/data/nw-ucla`)",

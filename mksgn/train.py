@@ -212,7 +212,7 @@ def _restore_weights(saved: list) -> None:
 
 def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
           epochs: int | None = None, resume: bool = True, threads: int | None = None,
-          log=print) -> dict:
+          log=print, modality: str | None = None) -> dict:
     """Train a model from a config file on a real dataset; returns the final metrics.
 
     Parameters
@@ -223,6 +223,8 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
     epochs : overrides ``train.epochs`` when given
     resume : continue from ``out_dir/last.pt`` when it exists
     threads : torch intra-op threads (default: torch's choice)
+    modality : overrides ``train.modalities`` with this one modality (e.g. one CTR-GCN teacher
+        stream per modality from one config)
 
     Raises
     ------
@@ -231,6 +233,8 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
     mcfg, tcfg = load_config(config_path)
     if epochs is not None:
         tcfg.epochs = epochs
+    if modality is not None:
+        tcfg.modalities = [modality]
     if threads:
         torch.set_num_threads(threads)
     out_dir = Path(out_dir)

@@ -203,3 +203,25 @@ def test_fine_tune_from_a_checkpoint_with_weight_noise(trained, small_ucla, tmp_
     assert f"total {TINY_TRAIN['epochs'] + 1} epochs" in card and "weight × (1 + 0.004·z)" in card
     with pytest.raises(ConfigError, match="weight_noise"):
         load_config(write_config(tmp_path / "bad.json", train={"weight_noise": 1.5}))
+
+
+def test_ctrgcn_teacher_trains_evaluates_and_is_refused_by_export(small_ucla, tmp_path):
+    from export.errors import ExportError
+    from export.frontend import from_checkpoint
+    from mksgn.model_card import write_model_card
+    cfg = write_config(tmp_path / "t.json", model={"arch": "ctrgcn", "width": 0.125, "dropout": 0.0},
+                       train={"epochs": 1})
+    train(cfg, small_ucla, tmp_path / "t", log=lambda *a: None, modality="bone")
+    ck = tmp_path / "t" / "model.pt"
+    saved = load_checkpoint(ck)
+    assert saved["config"]["model"]["arch"] == "ctrgcn" and saved["data"]["modalities"] == ["bone"]
+    r = evaluate(ck, small_ucla, analysis_clips=2, progress=False)
+    an = r["analysis"]
+    # a float ANN: no spiking neurons, every op is a MAC, energy = E_MAC · FLOPs (eq. 36)
+    assert an["neurons"] == [] and an["total_sops"] == 0
+    assert an["mac_flops"] == pytest.approx(an["total_flops"]) and an["total_flops"] > 1e6
+    assert an["energy_mj"] == pytest.approx(4.6e-9 * an["total_flops"])
+    card = write_model_card(ck, r, tmp_path / "card.md").read_text()
+    assert card.splitlines()[2].startswith("CTR-GCN (ucla20, width 0.125, float ANN teacher), bone modality")
+    with pytest.raises(ExportError, match="teacher"):
+        from_checkpoint(ck)

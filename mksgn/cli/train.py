@@ -5,11 +5,12 @@ from pathlib import Path
 
 import click
 
+from ..preprocess import MODALITIES
 from ..train import train
 from .common import run
 
 
-@click.command(help="Train a spiking model (MK-SGN or Base-SGN*) from a JSON config on real clips. "
+@click.command(help="Train a spiking model (MK-SGN or Base-SGN*) or the CTR-GCN teacher from a JSON config on real clips. "
                     "Writes <out>/last.pt after every epoch (resumable), <out>/model.pt at the end.")
 @click.option("--config", "config", type=click.Path(path_type=Path), required=True,
               help="Model + training config, e.g. configs/mksgn_ucla_joint.json.")
@@ -20,8 +21,11 @@ from .common import run
 @click.option("--epochs", type=int, default=None, help="Override train.epochs of the config.")
 @click.option("--no-resume", is_flag=True, help="Start from scratch even if <out>/last.pt exists.")
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default: all cores).")
-def cli(config, data, out_dir, epochs, no_resume, threads):
-    train(config, data, out_dir, epochs=epochs, resume=not no_resume, threads=threads, log=click.echo)
+@click.option("--modality", type=click.Choice(list(MODALITIES)), default=None,
+              help="Override train.modalities with this one modality (e.g. one CTR-GCN teacher stream each).")
+def cli(config, data, out_dir, epochs, no_resume, threads, modality):
+    train(config, data, out_dir, epochs=epochs, resume=not no_resume, threads=threads, log=click.echo,
+          modality=modality)
 
 
 main = run(cli)

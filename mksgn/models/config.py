@@ -8,7 +8,7 @@ from ..graph import LAYOUTS
 
 __all__ = ["ModelConfig", "ARCHS"]
 
-ARCHS = ("mksgn", "base_sgn")
+ARCHS = ("mksgn", "base_sgn", "ctrgcn")
 # Paper Table 7 (NTU RGB+D 60): (out_channels, temporal stride) per layer.
 _TABLE7 = {
     "mksgn": ((64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1)),
@@ -23,7 +23,9 @@ class ModelConfig:
 
     Attributes
     ----------
-    arch : {"mksgn", "base_sgn"}
+    arch : {"mksgn", "base_sgn", "ctrgcn"}
+        ``ctrgcn`` is the float (ReLU) CTR-GCN teacher of the distillation (issue 4); it uses
+        ``layout``, ``num_classes``, ``in_channels``, ``width`` and ``dropout`` only.
         MK-SGN (6 SA-SGC + STC layers) or Base-SGN* (10-layer spiking ST-GCN), Table 7.
     layout : {"ucla20", "ntu25"}
         Joint layout (:func:`mksgn.graph.get_layout`); fixes V and M.
@@ -121,6 +123,9 @@ class ModelConfig:
     @property
     def stages(self) -> tuple:
         """``((out_channels, stride), ...)`` per layer: Table 7 widths × ``width``."""
+        if self.arch == "ctrgcn":
+            from .ctrgcn import ctrgcn_stages
+            return tuple(ctrgcn_stages(self.width))
         return tuple((max(4, int(round(c * self.width / 4)) * 4), s) for c, s in _TABLE7[self.arch])
 
     @property

@@ -255,6 +255,9 @@ class CTRGCN(nn.Module):
         not have 5 axes or whose C, V, M differ from ``in_channels`` and the layout.
     """
 
+    #: A float ANN: every operation is a MAC on real values (``mksgn.analysis``).
+    real_valued_input = True
+
     def __init__(self, layout: str, num_classes: int, in_channels: int = 3, width: float = 1.0,
                  dropout: float = 0.0):
         super().__init__()
