@@ -28,7 +28,7 @@ from mksgn.models import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIGS = ["mksgn_ucla_joint_narrow", "mksgn_ucla_joint", "base_sgn_ucla_joint_narrow",
-                   "base_sgn_ucla_joint"]
+                   "base_sgn_ucla_joint", "ctrgcn_ucla_narrow"]
 
 
 def measure(config: Path, data: Path, batches: int, warmup: int = 1) -> dict:

@@ -102,6 +102,7 @@ def test_shipped_configs_parse():
     from pathlib import Path
     root = Path(__file__).resolve().parents[1] / "configs"
     files = sorted(root.glob("*sgn_ucla_joint*.json"))
-    assert len(files) == 4
+    assert {f.stem for f in files} == {"mksgn_ucla_joint", "mksgn_ucla_joint_narrow", "mksgn_ucla_joint_noise_ft",
+                                       "base_sgn_ucla_joint", "base_sgn_ucla_joint_narrow"}
     for f in files:
         ModelConfig.from_dict(json.loads(f.read_text())["model"])
