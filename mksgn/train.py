@@ -58,8 +58,9 @@ class TrainConfig:
         Noise-aware training: relative std ``σ`` of a multiplicative Gaussian perturbation
         ``w·(1 + σ·z)`` drawn afresh for every synaptic weight tensor (conv, linear,
         per-channel affine; not BN) at every training step; the gradient is taken at the
-        perturbed weights and applied to the clean ones (weight-noise injection, Murray & Edwards 1994, IEEE TNN 5(5)). ``σ ≈ 2⁻⁸``
-        matches the rounding of Loihi's 8-bit weight mantissa. 0 switches it off.
+        perturbed weights and applied to the clean ones (weight-noise injection, Murray &
+        Edwards 1994, IEEE TNN 5(5)). ``σ ≈ 2⁻⁸`` matches the rounding of Loihi's 8-bit
+        weight mantissa. 0 switches it off.
     init_from : str or None
         Start from this checkpoint's weights (fine-tuning; same model config required). A
         relative path is taken from the working directory.
