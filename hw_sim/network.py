@@ -178,15 +178,18 @@ class LavaNetwork:
         worker = threading.Thread(target=self.anchor.stop, daemon=True)
         worker.start()
         worker.join(timeout_s)
+        # lava's stop (still running in ``worker`` if it hung) joins and *closes* its
+        # SystemProcess objects concurrently with this loop; a closed process object raises
+        # ValueError on every call, and closed means it was already joined, i.e. not alive.
         children = multiprocessing.active_children()
         for child in children:
-            child.terminate()
+            _signal(child, "terminate")
         deadline = time.monotonic() + 5.0
-        while any(c.is_alive() for c in children) and time.monotonic() < deadline:
+        while any(_alive(c) for c in children) and time.monotonic() < deadline:
             time.sleep(0.05)
         for child in children:
-            if child.is_alive():
-                child.kill()
+            if _alive(child):
+                _signal(child, "kill")
         multiprocessing.active_children()  # reap
         if self.trace_dir:
             shutil.rmtree(self.trace_dir, ignore_errors=True)
@@ -214,6 +217,22 @@ class LavaNetwork:
     def finished(self, latency: int) -> int:
         """Number of stream clips a stage of this latency has completed so far."""
         return max(0, (self.steps_run - latency + 1) // self.period)
+
+
+def _alive(process) -> bool:
+    """``process.is_alive()``, False for a process object that lava already closed (joined)."""
+    try:
+        return process.is_alive()
+    except ValueError:
+        return False
+
+
+def _signal(process, how: str) -> None:
+    """``process.terminate()`` / ``.kill()``, a no-op for a process lava already closed."""
+    try:
+        getattr(process, how)()
+    except (ValueError, AttributeError):
+        pass
 
 
 def build_network(graph: Graph, currents: dict, chunk: int = 4) -> LavaNetwork:
