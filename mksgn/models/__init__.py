@@ -8,27 +8,36 @@ from .base_sgn import BaseSGN
 from .config import ARCHS, ModelConfig
 from .ctrgcn import CTRGCN
 from .mksgn import MKSGN
+from .smf import SMFMKSGN
 
-__all__ = ["ModelConfig", "ARCHS", "build_model", "MKSGN", "BaseSGN", "CTRGCN"]
+__all__ = ["ModelConfig", "ARCHS", "build_model", "MKSGN", "BaseSGN", "CTRGCN", "SMFMKSGN"]
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """Build the model named by ``cfg.arch``.
+def build_model(cfg: ModelConfig, with_estimator: bool = False, smf_momentum: float = 0.1,
+                estimator_hidden: int = 32) -> nn.Module:
+    """Build the model named by ``cfg.arch`` (and ``cfg.fusion``).
 
     Parameters
     ----------
     cfg : ModelConfig
+    with_estimator, smf_momentum, estimator_hidden
+        Only for ``cfg.fusion == "smf"`` (:class:`~mksgn.models.smf.SMFMKSGN`): build the
+        MINE statistics networks (training; default False = inference with the frozen
+        fusion weights), the running-average momentum of the fusion weights and the
+        estimators' LSTM hidden size. Ignored for the other models.
 
     Returns
     -------
     torch.nn.Module
-        Maps a float clip ``(N, C, T, V, M)`` to logits ``(N, num_classes)``; it has the
-        config as ``.cfg``.
+        Maps a float clip ``(N, C, T, V, M)`` — for ``fusion="smf"`` a dict modality → clip
+        with all four modalities — to logits ``(N, num_classes)``; it has the config as
+        ``.cfg``.
 
     Raises
     ------
     ConfigError
-        If ``cfg`` is not a :class:`ModelConfig` (the arch itself is validated by it).
+        If ``cfg`` is not a :class:`ModelConfig` (the arch itself is validated by it), or
+        bad SMF arguments.
     """
     from ..errors import ConfigError
 
@@ -39,4 +48,6 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         model = CTRGCN(cfg.layout, cfg.num_classes, cfg.in_channels, cfg.width, cfg.dropout)
         model.cfg = cfg
         return model
+    if cfg.fusion == "smf":
+        return SMFMKSGN(cfg, with_estimator, smf_momentum, estimator_hidden)
     return MKSGN(cfg) if cfg.arch == "mksgn" else BaseSGN(cfg)

@@ -6,9 +6,10 @@ from dataclasses import asdict, dataclass, fields
 from ..errors import ConfigError
 from ..graph import LAYOUTS
 
-__all__ = ["ModelConfig", "ARCHS"]
+__all__ = ["ModelConfig", "ARCHS", "FUSIONS"]
 
 ARCHS = ("mksgn", "base_sgn", "ctrgcn")
+FUSIONS = ("none", "smf")
 # Paper Table 7 (NTU RGB+D 60): (out_channels, temporal stride) per layer.
 _TABLE7 = {
     "mksgn": ((64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1)),
@@ -51,6 +52,14 @@ class ModelConfig:
         Output channels of the spiking-coding conv (eq. 4). Table 7 says 3; ``None`` (the
         default) means "the first layer's width" — a deviation: a 3-channel binary code
         at 4 steps loses most of the coordinate information.
+    fusion : {"none", "smf"}
+        Input stage of MK-SGN. ``"none"`` (the default; every config and checkpoint written
+        before issue 4 has it): one modality, one spiking-coding layer (eq. 3–4), input a
+        tensor ``(N, C, T, V, M)``. ``"smf"``: the four-modality MK-SGN whose coding stage is
+        the Spiking Multimodal Fusion module (:class:`mksgn.models.smf.SMF`, eq. 16–24: one
+        spiking-coding layer per modality, spikes fused by the frozen weights of eq. 24),
+        input a dict modality → ``(N, C, T, V, M)`` with all four modalities. ``arch
+        "mksgn"`` only.
     """
 
     arch: str
@@ -66,6 +75,7 @@ class ModelConfig:
     threshold: float = 1.0
     surrogate_width: float = 1.0
     coding_channels: int | None = None
+    fusion: str = "none"
 
     def __post_init__(self):
         def check(name, ok, what):
@@ -94,6 +104,10 @@ class ModelConfig:
         check("surrogate_width", is_num(self.surrogate_width) and self.surrogate_width > 0, "a number > 0")
         check("coding_channels", self.coding_channels is None
               or (is_int(self.coding_channels) and self.coding_channels >= 1), "null or an integer >= 1")
+        check("fusion", self.fusion in FUSIONS, f"one of {list(FUSIONS)}")
+        if self.fusion != "none" and self.arch != "mksgn":
+            raise ConfigError(f"model config: fusion={self.fusion!r} needs arch 'mksgn' (the SMF front end "
+                              f"feeds MK-SGN's layers), got arch {self.arch!r}; use fusion 'none'")
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -117,8 +131,15 @@ class ModelConfig:
         return cls(**d)
 
     def to_dict(self) -> dict:
-        """JSON-ready dict; ``ModelConfig.from_dict(cfg.to_dict()) == cfg``."""
-        return asdict(self)
+        """JSON-ready dict; ``ModelConfig.from_dict(cfg.to_dict()) == cfg``.
+
+        ``fusion`` is left out when it is ``"none"`` (its default), so a single-modality
+        config writes the same dict — and exports to the same bytes — as before the key existed.
+        """
+        d = asdict(self)
+        if d["fusion"] == "none":
+            del d["fusion"]
+        return d
 
     @property
     def stages(self) -> tuple:

@@ -25,7 +25,7 @@ from ..neuron import LIF
 from .config import ModelConfig
 
 __all__ = ["MKSGN", "GraphConv", "ChannelAffine", "SpikeAttention", "SpikingCoding", "Head",
-           "fold_sn", "conv_bn"]
+           "fold_sn", "conv_bn", "mksgn_layers"]
 
 
 def fold_sn(lif: LIF, x: torch.Tensor, time_steps: int) -> torch.Tensor:
@@ -324,9 +324,18 @@ class MKSGN(SpikingGraphNet):
     """
 
     def __init__(self, cfg: ModelConfig):
-        A = torch.from_numpy(get_layout(cfg.layout).adjacency())
-        layers, c_in = nn.ModuleList(), cfg.coding_width
-        for c_out, stride in cfg.stages:
-            layers.append(MKSGNLayer(c_in, c_out, stride, A, cfg))
-            c_in = c_out
-        super().__init__(cfg, layers)
+        if cfg.fusion != "none":
+            raise ConfigError(f"MKSGN is the single-modality model; fusion={cfg.fusion!r} is built by "
+                              "mksgn.models.build_model (mksgn.models.smf.SMFMKSGN)")
+        super().__init__(cfg, mksgn_layers(cfg))
+
+
+def mksgn_layers(cfg: ModelConfig) -> nn.ModuleList:
+    """The 6 SGC-STC layers of MK-SGN (Table 7) for ``cfg``; layer 1 reads ``cfg.coding_width``
+    channels (the spiking coding's, or the SMF's fused output's)."""
+    A = torch.from_numpy(get_layout(cfg.layout).adjacency())
+    layers, c_in = nn.ModuleList(), cfg.coding_width
+    for c_out, stride in cfg.stages:
+        layers.append(MKSGNLayer(c_in, c_out, stride, A, cfg))
+        c_in = c_out
+    return layers

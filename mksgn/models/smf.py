@@ -54,9 +54,9 @@ from ..errors import ConfigError
 from ..graph import get_layout
 from ..preprocess import MODALITIES
 from .config import ModelConfig
-from .mksgn import SpikingCoding
+from .mksgn import Head, SpikingCoding, mksgn_layers
 
-__all__ = ["MineEstimator", "mi_lower_bound", "mi_matrix", "fusion_weights", "SMF", "PAIRS",
+__all__ = ["MineEstimator", "mi_lower_bound", "mi_matrix", "fusion_weights", "SMF", "SMFMKSGN", "PAIRS",
            "pair_key"]
 
 PAIRS = tuple(itertools.combinations(MODALITIES, 2))
@@ -492,3 +492,87 @@ class SMF(nn.Module):
             elif shape != shape0:
                 raise ConfigError(f"SMF input {m!r} has shape {shape} but {MODALITIES[0]!r} has {shape0}; "
                                   "all modalities of a batch must have the same shape")
+
+
+class SMFMKSGN(nn.Module):
+    """Four-modality MK-SGN: :class:`SMF` coding stage (eq. 3–4 per modality, 16–24), then
+    MK-SGN's 6 SGC-STC layers and head (eq. 5–14, Table 7) — ``ModelConfig(fusion="smf")``.
+
+    ``fused = SMF(x)`` replaces the single spiking-coding output ``P`` of
+    :class:`~mksgn.models.mksgn.MKSGN`; it is real-valued (a weighted sum of the four
+    encoders' {0, 1} spikes, eq. 24) and is the input current of layer 1's synapses, whose
+    neurons emit binary spikes again. Layer and head modules have the same names as in
+    :class:`~mksgn.models.mksgn.MKSGN` (``layers.i``, ``head``); the encoders are
+    ``sc.encoders.<modality>``, the statistics networks ``sc.estimators.<pair>``.
+
+    Parameters
+    ----------
+    cfg : ModelConfig
+        ``arch="mksgn"``, ``fusion="smf"``.
+    with_estimator : bool
+        Build the six MINE statistics networks (training). ``False`` (inference, the default
+        of :func:`mksgn.models.build_model`) loads a ``state_dict`` saved after
+        :meth:`drop_estimator`: the fusion weights are the frozen buffer ``sc.fusion_weight``.
+    momentum : float
+        Running-average momentum of the fusion weights, in (0, 1] (:class:`SMF`).
+    estimator_hidden : int
+        LSTM hidden size of each statistics network.
+
+    Shape
+    -----
+    Input: dict modality → float ``(N, C, T, V, M)`` (C coordinates in metres), all four of
+    :data:`~mksgn.preprocess.MODALITIES`, equal shapes. Output: logits ``(N, num_classes)``.
+
+    Raises
+    ------
+    ConfigError
+        ``cfg`` not an MK-SGN config with ``fusion="smf"``; bad ``momentum`` /
+        ``estimator_hidden``; at forward, bad input (see :class:`SMF`).
+    """
+
+    def __init__(self, cfg: ModelConfig, with_estimator: bool = False, momentum: float = 0.1,
+                 estimator_hidden: int = 32):
+        super().__init__()
+        if not isinstance(cfg, ModelConfig) or cfg.arch != "mksgn" or cfg.fusion != "smf":
+            got = f"arch={cfg.arch!r}, fusion={cfg.fusion!r}" if isinstance(cfg, ModelConfig) else type(cfg).__name__
+            raise ConfigError(f"SMFMKSGN needs an MK-SGN ModelConfig with fusion='smf', got {got}")
+        self.cfg = cfg
+        layout = get_layout(cfg.layout)
+        self.sc = SMF(cfg, momentum, estimator_hidden, with_estimator)
+        self.layers = mksgn_layers(cfg)
+        self.head = Head(cfg.stages[-1][0], cfg, layout.max_bodies)
+
+    def forward(self, x: Mapping) -> torch.Tensor:
+        h = self.sc(x)
+        for layer in self.layers:
+            h = layer(h)
+        return self.head(h)
+
+    @property
+    def fusion_weight(self) -> torch.Tensor:
+        """The eq. 24 weights ``(4,)`` in :data:`MODALITIES` order (the SMF buffer)."""
+        return self.sc.fusion_weight
+
+    @property
+    def has_estimator(self) -> bool:
+        """True while the MINE statistics networks are part of the model (training)."""
+        return self.sc.estimators is not None
+
+    def estimator_parameters(self) -> list:
+        """Parameters of the statistics networks (their own optimiser); ``[]`` when dropped."""
+        return [] if self.sc.estimators is None else list(self.sc.estimators.parameters())
+
+    def network_parameters(self) -> list:
+        """Every parameter except the statistics networks': what the classification loss trains."""
+        est = {id(p) for p in self.estimator_parameters()}
+        return [p for p in self.parameters() if id(p) not in est]
+
+    def estimator_loss(self) -> torch.Tensor:
+        """:meth:`SMF.estimator_loss` (``−mean`` of the six DV bounds of the last training forward)."""
+        return self.sc.estimator_loss()
+
+    def drop_estimator(self) -> "SMFMKSGN":
+        """:meth:`SMF.drop_estimator`: freeze the fusion weights, remove the estimator's
+        parameters from ``state_dict``. Returns ``self``."""
+        self.sc.drop_estimator()
+        return self
