@@ -16,6 +16,15 @@ Definitions (per clip, averaged over all clips seen):
 * energy = E_MAC · Σ FLOPs(real-input ops) + E_AC · Σ SOPs (eq. 34–37), in mJ per clip.
   The real-input op is the spiking-coding conv, evaluated once per clip (direct coding
   repeats the same current at every step), so its FLOPs are per clip.
+
+Four-modality MK-SGN (:class:`~mksgn.models.smf.SMFMKSGN`, batches are dicts modality →
+clip): the four encoders' convs (``sc.encoders.<modality>.conv``) are all real-input ops
+(host-side MACs, E_MAC each) and their LIFs are listed as neuron groups. Layer 1 reads the
+fused tensor ``Σ_m w_m·s_m`` (eq. 24), which is not a spike train; deployment folds each
+``w_m`` into its own copy of layer 1's synapses, so every spike of every encoder with
+``w_m ≠ 0`` is one synaptic event. For the ops that read the fused tensor, ``fr_in`` is
+therefore ``Σ_{m: w_m ≠ 0} spikes_m / positions`` (events per input position and step, up
+to 4), not the mean of the fused values.
 """
 from __future__ import annotations
 
@@ -27,6 +36,7 @@ from torch import nn
 
 from .energy import DEFAULT_45NM, EnergyModel
 from .errors import MksgnError
+from .models.smf import SMF
 from .neuron import LIF
 
 __all__ = ["NeuronStat", "OpStat", "AnalysisReport", "analyse"]
@@ -126,13 +136,22 @@ def _is_op(module: nn.Module) -> bool:
     return hasattr(module, "synaptic_ops") or isinstance(module, (nn.Conv2d, nn.Linear))
 
 
-def _clip_tensor(batch) -> torch.Tensor:
+def _clip_input(batch):
+    """``(model input, number of clips)``: a clip tensor ``(N, C, T, V, M)`` or a dict
+    modality → such tensors (the four-modality MK-SGN), possibly the first item of a tuple."""
     if isinstance(batch, (tuple, list)) and batch:
         batch = batch[0]
-    if not isinstance(batch, torch.Tensor) or batch.dim() != 5:
-        raise MksgnError("analyse: each batch must be a clip tensor (N, C, T, V, M) or a "
-                         "(clips, labels, ...) tuple whose first item is one")
-    return batch
+    first = next(iter(batch.values()), None) if isinstance(batch, dict) else batch
+    if not isinstance(first, torch.Tensor) or first.dim() != 5:
+        raise MksgnError("analyse: each batch must be a clip tensor (N, C, T, V, M), a dict modality → "
+                         "such tensors (four-modality MK-SGN), or a (clips, labels, ...) tuple whose "
+                         "first item is one")
+    return batch, first.shape[0]
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``a`` is ``b`` or a full view of it (same storage, offset, shape and strides)."""
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
 
 
 @torch.no_grad()
@@ -146,7 +165,8 @@ def analyse(model: nn.Module, batches: Iterable, time_steps: int,
         A model from :func:`mksgn.models.build_model` (any module whose neurons are
         :class:`~mksgn.neuron.LIF` and whose batch axis is ``T_s·N·M`` works).
     batches : iterable
-        Float clips ``(N, C, T, V, M)``, or tuples whose first item is such a tensor.
+        Float clips ``(N, C, T, V, M)`` (for a four-modality MK-SGN: dicts modality → clips),
+        or tuples whose first item is one.
     time_steps : int
         T_s of the model (``cfg.time_steps``).
     energy : EnergyModel
@@ -178,15 +198,42 @@ def analyse(model: nn.Module, batches: Iterable, time_steps: int,
             acc[1] += output.numel()
         return hook
 
+    fused = []  # [(fused tensor, its event count tensor)] of the current batch (SMF models)
+    encoded = {}
+
+    def events_of(x):
+        for f, ev in fused:
+            if _same_tensor(x, f):
+                return ev
+        return x
+
     def op_hook(name):
         def hook(mod, inputs, output):
             for suffix, macs, x in _module_ops(mod, inputs, output):
                 acc = op_acc.setdefault(name + suffix, [0.0, 0.0, 0])
                 acc[0] += macs
-                acc[1] += float(x.sum(dtype=torch.float64))
+                acc[1] += float(events_of(x).sum(dtype=torch.float64))
                 acc[2] += x.numel()
                 op_meta[name + suffix] = type(mod).__name__
         return hook
+
+    def encoder_hook(key):
+        def hook(mod, inputs, output):
+            encoded[key] = output
+        return hook
+
+    def fusion_hook(name):
+        def hook(mod, inputs, output):
+            w = mod.fusion_weight.tolist()
+            ev = sum(encoded.pop((name, m)) for i, m in enumerate(mod.encoders) if w[i] != 0)
+            fused.append((output, ev if isinstance(ev, torch.Tensor) else torch.zeros_like(output)))
+        return hook
+
+    for name, mod in modules.items():
+        if isinstance(mod, SMF):
+            handles.append(mod.register_forward_hook(fusion_hook(name)))
+            for m, enc in mod.encoders.items():
+                handles.append(enc.register_forward_hook(encoder_hook((name, m))))
 
     for name, mod in modules.items():
         if not name or any(name.startswith(r + ".") for r in op_roots):
@@ -203,9 +250,11 @@ def analyse(model: nn.Module, batches: Iterable, time_steps: int,
         for i, batch in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
-            x = _clip_tensor(batch)
+            x, n = _clip_input(batch)
             model(x)
-            clips += x.shape[0]
+            clips += n
+            fused.clear()
+            encoded.clear()
     finally:
         for h in handles:
             h.remove()
