@@ -21,6 +21,7 @@ from mksgn.evaluate import confusion_matrix, plot_confusion
 
 from .errors import ExportError
 from .exporter import verify_export_dir
+from .pipeline import graph_input, input_modalities
 
 __all__ = ["load_export_graph", "evaluate_export"]
 
@@ -75,6 +76,7 @@ def evaluate_export(export_dir: str | Path, data_root: str | Path, split: str = 
         raise ExportError(f"{export_dir}: NIR exports are float and continuous-time; evaluate the "
                           "lava or onnx export (or the checkpoint)")
     d = manifest["data"]
+    mods = input_modalities(d)
     ds = SkeletonDataset(data_root, split, d["modalities"], d.get("protocol"), train=False, progress=progress)
     if ds.layout.name != d["layout"]:
         raise ExportError(f"{export_dir}: exported for layout {d['layout']!r}, but {data_root} is {ds.layout.name!r}")
@@ -82,7 +84,7 @@ def evaluate_export(export_dir: str | Path, data_root: str | Path, split: str = 
     saturation = {}
     for x, y in tqdm(DataLoader(ds, batch_size=batch_size), desc=f"quantised eval {split}", unit="batch",
                      disable=not progress, leave=False):
-        clip = x[d["modalities"][0]]
+        clip = graph_input(x, mods)
         if runner is None:
             r = run_graph(graph, clip, mode="int")
             logits = r.logits

@@ -20,6 +20,8 @@ from mksgn.evaluate import load_model
 from mksgn.graph import get_layout
 from mksgn.models.base_sgn import BaseSGN, BaseSGNLayer
 from mksgn.models.mksgn import MKSGN, ChannelAffine, MKSGNLayer
+from mksgn.models.smf import SMFMKSGN
+from mksgn.preprocess import MODALITIES
 
 from .errors import ExportError
 from .ir import INPUT, LOGITS, Graph, NeuronGroup, Synapse
@@ -42,7 +44,9 @@ class _Builder:
         self.cfg = cfg
         layout = get_layout(cfg.layout)
         self.V, self.M = layout.num_joints, layout.max_bodies
-        self.graph = Graph({}, {}, (cfg.in_channels, layout.window, self.V, self.M), cfg.time_steps,
+        self.modalities = list(MODALITIES) if isinstance(model, SMFMKSGN) else None
+        c_in = cfg.in_channels * (len(self.modalities) if self.modalities else 1)
+        self.graph = Graph({}, {}, (c_in, layout.window, self.V, self.M), cfg.time_steps,
                            {"arch": cfg.arch, "layout": cfg.layout, "model_config": cfg.to_dict()})
 
     def group(self, name, shape, layer, bias=None) -> str:
@@ -96,18 +100,23 @@ def from_model(model: nn.Module) -> Graph:
     ExportError
         A model that is not MK-SGN / Base-SGN*.
     """
-    if not isinstance(model, (MKSGN, BaseSGN)):
-        raise ExportError(f"cannot export a {type(model).__name__}: only MK-SGN and Base-SGN* "
-                          "checkpoints are supported")
+    if not isinstance(model, (MKSGN, BaseSGN, SMFMKSGN)):
+        raise ExportError(f"cannot export a {type(model).__name__}: only MK-SGN (one modality or "
+                          "SMF four-modality) and Base-SGN* checkpoints are supported")
     b = _Builder(model)
     g = b.graph
     T = g.input_shape[1]
     V = b.V
-    sc = model.sc
-    c = sc.conv.out_channels
-    x = (b.group("sc.lif", (c, T, V), "sc"),)
-    b.synapse("sc.conv", "input_conv", (INPUT,), "sc.lif", _np(sc.conv.weight), "sc",
-              padding=sc.conv.padding[0], bn=_bn(sc.bn))
+    if isinstance(model, SMFMKSGN):
+        c = _smf_coding(b, model, T)
+    else:
+        sc = model.sc
+        c = sc.conv.out_channels
+        b.group("sc.lif", (c, T, V), "sc")
+        b.synapse("sc.conv", "input_conv", (INPUT,), "sc.lif", _np(sc.conv.weight), "sc",
+                  padding=sc.conv.padding[0], bn=_bn(sc.bn))
+    x = ("sc.lif",)
+    first = set(g.synapses)
     for i, layer in enumerate(model.layers):
         p = f"layers.{i}"
         if isinstance(layer, MKSGNLayer):
@@ -122,7 +131,39 @@ def from_model(model: nn.Module) -> Graph:
               bn=_bn(head.bn))
     b.synapse("head.fc", "readout", ("head.lif",), LOGITS, _np(head.fc.weight), "head",
               bias=_np(head.fc.bias))
+    if b.modalities:
+        # eq. 24: the synapses that read the fused spikes see Σ_m w_m·s_m; export.passes.fold_fusion
+        # turns them into synapses over the concatenated encoder group
+        for s in g.synapses.values():
+            if s.name not in first and "sc.lif" in s.sources:
+                s.meta["fused_input"] = True
     return g.validate()
+
+
+def _smf_coding(b: _Builder, model: SMFMKSGN, T: int) -> int:
+    """The SMF coding stage (eq. 3–4 per modality, eq. 24) as ONE host-side input conv over the
+    modalities concatenated on the channel axis (``(4·C, T, V, M)``, :data:`MODALITIES` order)
+    into ONE neuron group ``sc.lif`` of ``4·C'`` channels: the conv weight is block-diagonal
+    (encoder m reads input channels ``m·C..(m+1)·C`` and writes ``m·C'..(m+1)·C'``; the zero
+    blocks are absent synapses) and the encoders' BNs are stacked. The four encoders' LIFs
+    share β and vth, so one group is exact. The frozen fusion weights go to ``meta`` for
+    :func:`export.passes.fold_fusion`. Returns ``C'`` (the fused width layer 1 reads)."""
+    encoders = [model.sc.encoders[m] for m in b.modalities]
+    c_in = b.cfg.in_channels
+    c = encoders[0].conv.out_channels
+    kt = encoders[0].conv.kernel_size[0]
+    n = len(encoders)
+    w = np.zeros((n * c, n * c_in, kt, 1))
+    bns = []
+    for i, enc in enumerate(encoders):
+        w[i * c:(i + 1) * c, i * c_in:(i + 1) * c_in] = _np(enc.conv.weight)
+        bns.append(_bn(enc.bn))
+    bn = tuple(np.concatenate([z[j] for z in bns]) for j in range(4)) + (bns[0][4],)
+    b.group("sc.lif", (n * c, T, b.V), "sc")
+    b.synapse("sc.conv", "input_conv", (INPUT,), "sc.lif", w, "sc", padding=encoders[0].conv.padding[0], bn=bn)
+    b.graph.meta["fusion_weights"] = [float(v) for v in model.fusion_weight]
+    b.graph.meta["input_modalities"] = list(b.modalities)
+    return c
 
 
 def _mksgn_layer(b: _Builder, p: str, layer: MKSGNLayer, x, c_in, T):

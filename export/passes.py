@@ -91,19 +91,63 @@ def fold_graph(graph: Graph) -> Graph:
 
 
 def fold_fusion(graph: Graph) -> Graph:
-    """Fold frozen SMF fusion weights (paper eq. 24) into the encoders' synapses.
+    """Fold frozen SMF fusion weights (paper eq. 24) into the synapses that read the fused spikes.
 
-    Single-modality graphs carry no fusion weights and pass through unchanged; a graph
-    whose ``meta`` has ``fusion_weights`` is not supported until SMF lands (issue 4).
+    The frontend maps the four Spiking Coding encoders to one neuron group ``sc.lif`` of
+    ``n·C'`` channels (encoder ``m`` = channels ``m·C'..(m+1)·C'``, ``n`` modalities) and
+    records ``meta["fusion_weights"]`` ``(w_1..w_n)``. Layer 1 reads
+    ``fused = Σ_m w_m · s_m`` (``C'`` channels); every synapse marked
+    ``meta["fused_input"]`` is linear in it, so it becomes a synapse over all ``n·C'``
+    encoder channels with its input-channel axis repeated ``n`` times, block ``m`` scaled
+    by ``w_m``:
+
+    * ``conv`` ``(C_out, C', k, 1)`` → ``(C_out, n·C', k, 1)``;
+    * folded ``graph`` ``(C_out·V, C'·V)`` → ``(C_out·V, n·C'·V)`` (columns ``(m·C' + c)·V + v``);
+    * ``affine`` ``(C',)`` (one-to-one) → 1×1 ``conv`` ``(C', n·C', 1, 1)`` with
+      ``W[c, m·C' + c] = w_m·a_c`` (same temporal stride): one synapse from each encoder
+      neuron of channel ``c`` instead of one from the fused value.
+
+    Synaptic events then count encoder spikes × non-zero fan-out, as on a chip (there is no
+    "fused" neuron). Single-modality graphs (no ``fusion_weights``) pass through unchanged.
+    Run after :func:`fold_bn` and :func:`fold_graph`.
 
     Raises
     ------
     ExportError
-        Fusion weights present.
+        Fusion weights on a graph without fused-input synapses, non-finite weights, a
+        marked synapse of another kind, or an unfolded BN / adjacency on one.
     """
-    if graph.meta.get("fusion_weights") is not None:
-        raise ExportError("multimodal (SMF) checkpoints are not exportable yet (issue 4)")
-    return graph.copy()
+    g = graph.copy()
+    fw = g.meta.get("fusion_weights")
+    if fw is None:
+        return g
+    fw = np.asarray(fw, dtype=np.float64)
+    if fw.ndim != 1 or not np.isfinite(fw).all():
+        raise ExportError(f"fusion_weights {fw.tolist()} must be a finite vector (one per modality)")
+    n = len(fw)
+    marked = [s for s in g.synapses.values() if s.meta.get("fused_input")]
+    if not marked:
+        raise ExportError("graph has fusion_weights but no synapse reads the fused spikes")
+    for s in marked:
+        if s.bn is not None or s.adjacency is not None or s.bias is not None:
+            raise ExportError(f"{s.name}: run fold_bn and fold_graph before fold_fusion")
+        w = s.weight
+        if s.kind == "conv":
+            s.weight = np.concatenate([f * w for f in fw], axis=1)
+        elif s.kind == "graph":
+            s.weight = np.concatenate([f * w for f in fw], axis=1)
+            s.meta["nnz"] = int(np.count_nonzero(s.weight))
+        elif s.kind == "affine":
+            c = len(w)
+            conv = np.zeros((c, n * c, 1, 1))
+            for m, f in enumerate(fw):
+                conv[np.arange(c), m * c + np.arange(c), 0, 0] = f * w
+            s.kind, s.weight, s.padding = "conv", conv, 0
+        else:
+            raise ExportError(f"{s.name}: cannot fold fusion weights into a {s.kind} synapse")
+        s.meta["fused_input"] = False
+        s.meta["fusion_folded"] = fw.tolist()
+    return g
 
 
 def balance_delays(graph: Graph) -> Graph:

@@ -1,6 +1,7 @@
 """The export pipeline: checkpoint → IR → passes → quantised graph (+ calibration report)."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -8,19 +9,51 @@ from tqdm import tqdm
 
 from mksgn.data import SkeletonDataset
 from mksgn.errors import MksgnError
+from mksgn.preprocess import MODALITIES
 
 from .errors import ExportError
 from .frontend import from_checkpoint
 from .ir import Graph
 from .passes import balance_delays, fold_bn, fold_fusion, fold_graph, quantise
 
-__all__ = ["calibration_clips", "fold_all", "lower", "export_graph"]
+__all__ = ["input_modalities", "graph_input", "calibration_clips", "fold_all", "lower", "export_graph"]
 
 
-def calibration_clips(data_root: str | Path, modality: str, num_clips: int, seed: int = 0,
+def input_modalities(data: Mapping) -> list:
+    """The modalities an exported graph reads, in the order its input concatenates them.
+
+    ``data`` is a checkpoint's / manifest's ``data`` record. One modality: that one. Several
+    (the SMF four-modality MK-SGN): :data:`mksgn.preprocess.MODALITIES` order, the order in
+    which :func:`export.frontend.from_model` stacks the encoders.
+
+    Raises
+    ------
+    ExportError
+        No modality, an unknown one, or a multi-modal record that is not all four.
+    """
+    mods = list(data.get("modalities") or [])
+    if len(mods) == 1 and mods[0] in MODALITIES:
+        return mods
+    if sorted(mods) == sorted(MODALITIES):
+        return list(MODALITIES)
+    raise ExportError(f"data.modalities {mods} is neither one of {list(MODALITIES)} nor all four "
+                      "(SMF); the checkpoint's data record is damaged")
+
+
+def graph_input(sample: Mapping, modalities: Sequence[str]) -> torch.Tensor:
+    """The graph's input from a dataset item or collated batch (dict modality → tensor):
+    the modalities concatenated on the channel axis, ``(C, T, V, M) → (n·C, T, V, M)`` or
+    ``(N, C, T, V, M) → (N, n·C, T, V, M)``. One modality: the tensor itself."""
+    if len(modalities) == 1:
+        return sample[modalities[0]]
+    return torch.cat([sample[m] for m in modalities], dim=-4)
+
+
+def calibration_clips(data_root: str | Path, modalities: str | Sequence[str], num_clips: int, seed: int = 0,
                       progress: bool = True) -> torch.Tensor:
     """``num_clips`` real *training* clips (test-time preprocessing, no augmentation), chosen
-    with a fixed seed spread over the split. Returns ``(N, C, T, V, M)``.
+    with a fixed seed spread over the split. Returns ``(N, C, T, V, M)`` — for several
+    modalities their channel concatenation (:func:`graph_input`).
 
     Raises
     ------
@@ -29,13 +62,14 @@ def calibration_clips(data_root: str | Path, modality: str, num_clips: int, seed
     """
     if num_clips < 1:
         raise ExportError(f"--calib-clips must be at least 1 (got {num_clips})")
+    mods = [modalities] if isinstance(modalities, str) else list(modalities)
     try:
-        ds = SkeletonDataset(data_root, "train", (modality,), train=False)
+        ds = SkeletonDataset(data_root, "train", tuple(mods), train=False)
     except MksgnError as exc:
         raise ExportError(f"calibration data: {exc}") from None
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:num_clips].sort().values
-    clips = [ds[int(i)][0][modality] for i in tqdm(idx, desc="calibration clips", unit="clip",
-                                                   disable=not progress, leave=False)]
+    clips = [graph_input(ds[int(i)][0], mods) for i in tqdm(idx, desc="calibration clips", unit="clip",
+                                                           disable=not progress, leave=False)]
     return torch.stack(clips)
 
 
@@ -61,8 +95,8 @@ def export_graph(checkpoint: str | Path, calib_data: str | Path, calib_clips: in
     ExportError
     """
     graph, ckpt = from_checkpoint(checkpoint)
-    modality = ckpt["data"]["modalities"][0]
-    x = calibration_clips(calib_data, modality, calib_clips, progress=progress)
+    mods = input_modalities(ckpt["data"])
+    x = calibration_clips(calib_data, mods, calib_clips, progress=progress)
     q = lower(graph, x)
-    q.meta["calibration"] = {"clips": int(len(x)), "split": "train", "modality": modality}
+    q.meta["calibration"] = {"clips": int(len(x)), "split": "train", "modality": "+".join(mods)}
     return q, x

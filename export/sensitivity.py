@@ -29,7 +29,7 @@ from mksgn.errors import MksgnError
 
 from .errors import ExportError
 from .ir import INPUT, Graph
-from .pipeline import calibration_clips, fold_all
+from .pipeline import calibration_clips, fold_all, graph_input, input_modalities
 from .passes import quantise
 from .twin import run_graph
 
@@ -186,15 +186,15 @@ def verdict(float_top1: float, int_top1: float, floor: dict | None, max_loss: fl
                     "their sources) in the divergence table")
 
 
-def _load_split(data_root, split: str, modality: str, progress: bool):
+def _load_split(data_root, split: str, modalities: list, progress: bool):
     try:
-        ds = SkeletonDataset(data_root, split, (modality,), train=False, progress=progress)
+        ds = SkeletonDataset(data_root, split, tuple(modalities), train=False, progress=progress)
     except MksgnError as exc:
         raise ExportError(f"evaluation data: {exc}") from None
     xs, ys = [], []
     for x, y in tqdm(DataLoader(ds, batch_size=64), desc=f"loading {split}", unit="batch",
                      disable=not progress, leave=False):
-        xs.append(x[modality])
+        xs.append(graph_input(x, modalities))
         ys.append(y)
     return torch.cat(xs), torch.cat(ys), ds
 
@@ -235,7 +235,7 @@ def quant_check(checkpoint: str | Path, data_root: str | Path, split: str = "tes
     if divergence_clips < 1 or runs < 0 or (clips is not None and clips < 1):
         raise ExportError("--divergence-clips and --clips must be at least 1 and --runs at least 0")
     graph, ckpt = from_checkpoint(checkpoint)
-    modality = ckpt["data"]["modalities"][0]
+    modality = input_modalities(ckpt["data"])
     calib = calibration_clips(calib_data or data_root, modality, calib_clips, progress=progress)
     folded = fold_all(graph)
     q = quantise(folded, calib)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from export.pipeline import graph_input, input_modalities
 from mksgn.checkpoint import atomic_write
 from mksgn.data import SkeletonDataset
 
@@ -52,7 +53,8 @@ def load_clips(manifest: dict, data_root, split: str, clips) -> tuple[torch.Tens
             raise SimError(f"--clips must be at least 1, got {n}")
         n = min(n, len(ds))
     items = [ds[i] for i in range(n)]
-    x = torch.stack([it[0][d["modalities"][0]] for it in items])
+    mods = input_modalities(d)
+    x = torch.stack([graph_input(it[0], mods) for it in items])
     return x, np.array([int(it[1]) for it in items], dtype=np.int64)
 
 
