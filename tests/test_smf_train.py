@@ -225,6 +225,30 @@ def test_frozen_checkpoint_has_no_estimator_and_reloads_deterministically(traine
     assert model.fusion_weight.tolist() == w  # eval forwards do not move the frozen weights
 
 
+def test_evaluate_model_card_and_export_of_the_smf_student(trained_kd, small_ucla, tmp_path):
+    """mksgn-eval runs the student alone on its four modalities; the analyser counts the four
+    encoders; export refuses the checkpoint with its own error (SMF export is not supported)."""
+    from export.errors import ExportError
+    from export.frontend import from_checkpoint
+    from mksgn.evaluate import evaluate
+    from mksgn.model_card import write_model_card
+    out, _, metrics, _ = trained_kd
+    path = out / "run" / "model.pt"
+    r = evaluate(path, small_ucla, analysis_clips=2, progress=False)
+    assert r["clips"] == 6 and r["top1"] == pytest.approx(metrics["test_top1"])
+    an = r["analysis"]
+    enc = [o for o in an["ops"] if o["name"].startswith("sc.encoders.")]
+    assert len(enc) == 4 and all(o["real_input"] for o in enc)
+    assert an["mac_flops"] == pytest.approx(sum(o["flops"] for o in enc))
+    card = write_model_card(path, r, tmp_path / "card.md").read_text()
+    assert "joint, bone, joint_motion, bone_motion" in card
+    w = metrics["fusion_weight"]
+    assert "frozen fusion weights (eq. 24) " + ", ".join(f"{m} {v:.4f}" for m, v in w.items()) in card
+    assert "4-stream CTR-GCN teacher: joint `" in card and metrics["teachers"][0]["sha256"][:12] in card
+    with pytest.raises(ExportError):
+        from_checkpoint(path)
+
+
 def test_distillation_metrics_record_the_teachers(trained_kd, teachers):
     _, _, metrics, logs = trained_kd
     from mksgn.train import sha256_file
