@@ -282,6 +282,21 @@ def test_resumed_distillation_run_equals_uninterrupted(trained_kd, small_ucla, t
         train(cfg, small_ucla, tmp_path, epochs=3, log=lambda *a: None)
 
 
+def test_single_modality_student_distils_from_four_streams(small_ucla, teachers, tmp_path):
+    cfg = write_config(tmp_path / "c.json", model={"fusion": "none"}, train={"epochs": 1, "modalities": ["bone"]})
+    metrics = train(cfg, small_ucla, tmp_path / "run", log=lambda *a: None, teachers=teachers)
+    assert [t["modality"] for t in metrics["teachers"]] == list(MODALITIES)
+    assert "fusion_weight" not in metrics and metrics["history"][0]["loss_feature_2"] > 0
+    ckpt = load_checkpoint(tmp_path / "run" / "model.pt")
+    assert ckpt["data"]["modalities"] == ["bone"]  # the student's modality, not the teachers' four
+    model, _ = load_model(tmp_path / "run" / "model.pt")
+    assert isinstance(model, MKSGN)
+    with pytest.raises(ConfigError, match="needs an MK-SGN student"):
+        train(write_config(tmp_path / "b.json", model={"fusion": "none", "arch": "base_sgn"},
+                           train={"modalities": ["joint"]}), small_ucla, tmp_path / "b", log=lambda *a: None,
+              teachers=teachers)
+
+
 # ---------------------------------------------------------------- (c) one distillation step
 def test_one_distillation_step_of_the_smf_student_reduces_eq_32(small_ucla, teachers, tmp_path):
     x, y = _real_batch(small_ucla)
