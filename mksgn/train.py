@@ -5,6 +5,11 @@ schedule, dropout 0.3 (in the model head), cross-entropy (paper eq. 15, the stan
 soft-max form). Seeded and resumable: ``<out>/last.pt`` holds model, optimiser and
 scheduler state and is rewritten atomically after every epoch; at the end ``<out>/model.pt``
 holds the weights only (the shippable checkpoint).
+
+Issue 4: the four-modality MK-SGN (``model.fusion = "smf"``) trains its MINE estimators with
+their own optimiser and ships with them dropped; ``teachers`` (``mksgn-train --teacher`` × 4)
+switches the loss to the distillation objective of eq. 32 with a second SGD for the FTMs.
+See :func:`train`.
 """
 from __future__ import annotations
 
