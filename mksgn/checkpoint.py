@@ -93,8 +93,13 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def load_state(model: torch.nn.Module, state_dict: dict, path: str | Path = "checkpoint") -> None:
+def load_state(model: torch.nn.Module, state_dict: dict, path: str | Path = "checkpoint",
+               optional_prefixes: tuple = ()) -> None:
     """Load ``state_dict`` into ``model`` strictly, with a clear error on the first mismatch.
+
+    ``optional_prefixes``: keys of ``model`` under these prefixes may be absent from
+    ``state_dict`` (they keep their current values), e.g. ``("sc.estimators.",)`` to start
+    an SMF training run from a shipped checkpoint whose MINE estimators were dropped.
 
     Raises
     ------
@@ -102,13 +107,13 @@ def load_state(model: torch.nn.Module, state_dict: dict, path: str | Path = "che
         Missing or unexpected keys, or a tensor of the wrong shape.
     """
     own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
+    missing = [k for k in own if k not in state_dict and not k.startswith(tuple(optional_prefixes))]
     extra = [k for k in state_dict if k not in own]
     if missing or extra:
         raise CheckpointError(f"{path}: weights do not match the model of its config "
                               f"(missing {missing[:3]}, unexpected {extra[:3]})")
     for k, v in own.items():
-        if tuple(state_dict[k].shape) != tuple(v.shape):
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape):
             raise CheckpointError(f"{path}: weight {k} has shape {tuple(state_dict[k].shape)}, the "
                                   f"model expects {tuple(v.shape)}")
-    model.load_state_dict(state_dict)
+    model.load_state_dict(state_dict, strict=not optional_prefixes)

@@ -295,10 +295,12 @@ def student_features(model: nn.Module, x: torch.Tensor,
 
     Parameters
     ----------
-    model : MKSGN or BaseSGN
-        A model with a ``layers`` ModuleList (:class:`mksgn.models.mksgn.SpikingGraphNet`).
-    x : Tensor ``(N, C, T, V, M)``
-        The student's input clip.
+    model : MKSGN, SMFMKSGN or BaseSGN
+        A model with a ``layers`` ModuleList (:class:`mksgn.models.mksgn.SpikingGraphNet`,
+        :class:`mksgn.models.smf.SMFMKSGN`).
+    x : Tensor ``(N, C, T, V, M)``, or dict modality → such tensors
+        The student's input clip (the dict of all four modalities for the four-modality
+        MK-SGN, whose layers read the SMF's fused spikes, eq. 24).
     layers : sequence of int
         1-based layer numbers (default :data:`STUDENT_LAYERS`, the paper's 3 and 5).
 

@@ -15,7 +15,8 @@ from .errors import CheckpointError, ConfigError
 from .models import ModelConfig, build_model
 from .train import evaluate_logits, model_input
 
-__all__ = ["load_model", "evaluate", "confusion_matrix", "plot_confusion"]
+__all__ = ["load_model", "load_teachers", "evaluate", "evaluate_ensemble", "confusion_matrix",
+           "plot_confusion"]
 
 
 def load_model(path: str | Path):
@@ -36,10 +37,135 @@ def load_model(path: str | Path):
         cfg = ModelConfig.from_dict(ckpt["config"]["model"])
     except (ConfigError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: checkpoint model config is invalid ({exc})") from None
-    model = build_model(cfg)
-    load_state(model, ckpt["state_dict"], path)
+    model = build_model(cfg)  # four-modality MK-SGN: with_estimator=False, frozen fusion weights
+    state = ckpt["state_dict"]
+    if cfg.fusion == "smf":  # a resume file (last.pt) still holds the MINE estimators: not needed here
+        state = {k: v for k, v in state.items() if not k.startswith("sc.estimators.")}
+    load_state(model, state, path)
     model.eval()
     return model, ckpt
+
+
+def load_teachers(paths, layout: str | None = None, num_classes: int | None = None) -> tuple[dict, list]:
+    """Load the four CTR-GCN teacher streams (one checkpoint per modality) in eval mode, frozen.
+
+    Each checkpoint's ``data.modalities`` (one modality, ``mksgn-train --modality``) says
+    which stream it is.
+
+    Parameters
+    ----------
+    paths : sequence of 4 paths
+        Any order.
+    layout, num_classes : optional
+        The student's (checked against every teacher's config).
+
+    Returns
+    -------
+    (dict modality → CTRGCN in :data:`~mksgn.distill.STREAMS` order, ``requires_grad`` off;
+    list of ``{"modality", "checkpoint", "sha256", "test_top1"}`` in the same order)
+
+    Raises
+    ------
+    ConfigError
+        Not exactly four paths; a checkpoint that is not CTR-GCN (``model.arch``), has not
+        exactly one modality, whose modality is already taken by another (duplicate), whose
+        layout/classes differ from ``layout``/``num_classes`` or from the other teachers', or
+        whose feature widths differ from the others'; a modality without a teacher.
+    CheckpointError
+        A missing, corrupt or foreign file.
+    """
+    from .distill import STREAMS
+    from .train import sha256_file
+
+    paths = [Path(p) for p in paths]
+    if len(paths) != len(STREAMS):
+        raise ConfigError(f"--teacher: got {len(paths)} checkpoint(s); the 4-stream teacher needs exactly "
+                          f"{len(STREAMS)} CTR-GCN checkpoints, one per modality {list(STREAMS)} "
+                          "(train each with mksgn-train --config configs/ctrgcn_ucla_narrow.json --modality M)")
+    found, ref = {}, None
+    for p in paths:
+        model, ckpt = load_model(p)
+        mc = ckpt["config"]["model"]
+        if mc.get("arch") != "ctrgcn":
+            raise ConfigError(f"--teacher {p}: not a CTR-GCN checkpoint (model.arch is {mc.get('arch')!r}); "
+                              "the teacher streams are CTR-GCN models (configs/ctrgcn_ucla_narrow.json)")
+        mods = list(ckpt["data"].get("modalities", []))
+        if len(mods) != 1 or mods[0] not in STREAMS:
+            raise ConfigError(f"--teacher {p}: a teacher stream has exactly one modality of {list(STREAMS)}; "
+                              f"this checkpoint has {mods!r}")
+        m = mods[0]
+        if m in found:
+            raise ConfigError(f"--teacher: modality {m!r} given twice ({found[m][1]} and {p}); give one "
+                              f"checkpoint per modality {list(STREAMS)}")
+        for name, want in (("layout", layout), ("num_classes", num_classes)):
+            if want is not None and mc.get(name) != want:
+                raise ConfigError(f"--teacher {p}: model.{name} is {mc.get(name)!r}, the student's is {want!r}")
+        key = (mc.get("layout"), mc.get("num_classes"), model.feature_channels)
+        if ref is not None and key != ref[0]:
+            raise ConfigError(f"--teacher {p}: (layout, classes, feature widths) {key} differ from {ref[1]}'s "
+                              f"{ref[0]}; train the four streams from one config")
+        ref = ref or (key, p)
+        for q in model.parameters():
+            q.requires_grad_(False)
+        found[m] = (model, p, ckpt)
+    missing = [m for m in STREAMS if m not in found]
+    if missing:
+        raise ConfigError(f"--teacher: no checkpoint for modality(ies) {missing}; need one per modality "
+                          f"{list(STREAMS)}")
+    models = {m: found[m][0] for m in STREAMS}
+    info = [{"modality": m, "checkpoint": str(found[m][1]), "sha256": sha256_file(found[m][1]),
+             "test_top1": found[m][2].get("metrics", {}).get("test_top1")} for m in STREAMS]
+    return models, info
+
+
+def evaluate_ensemble(checkpoints, data_root: str | Path, split: str = "test", alphas=None,
+                      json_path: str | Path | None = None, progress: bool = True) -> dict:
+    """Per-stream and 4-stream ensemble top-1 of the CTR-GCN teacher (eq. 25).
+
+    Parameters
+    ----------
+    checkpoints : sequence of 4 paths
+        CTR-GCN stream checkpoints, one per modality (any order; see :func:`load_teachers`).
+    data_root : dataset folder
+    split : {"train", "test"}
+    alphas : sequence of 4 floats, optional
+        ``α`` of eq. 25 in the order joint, bone, joint_motion, bone_motion (default
+        :data:`mksgn.train.DEFAULT_ALPHAS`).
+    json_path : optional, where to write the result as JSON
+
+    Returns
+    -------
+    dict with ``streams`` (modality → ``{"checkpoint", "top1"}``), ``top1`` (the ensemble's,
+    percent), ``alphas`` (modality → α), ``clips`` and ``split``.
+
+    Raises
+    ------
+    ConfigError, CheckpointError, DataError
+    """
+    from .distill import STREAMS, ensemble_logits
+    from .train import DEFAULT_ALPHAS
+
+    alphas = list(DEFAULT_ALPHAS if alphas is None else alphas)
+    models, info = load_teachers(checkpoints)
+    first = load_checkpoint(info[0]["checkpoint"])["data"]
+    dataset = SkeletonDataset(data_root, split, STREAMS, first.get("protocol"), train=False, progress=progress)
+    if dataset.layout.name != first["layout"]:
+        raise CheckpointError(f"{info[0]['checkpoint']}: trained on layout {first['layout']!r}, but {data_root} "
+                              f"is {dataset.layout.name!r}")
+    stream_logits, streams, labels = [], {}, None
+    for m, rec in zip(STREAMS, info):
+        logits, labels = evaluate_logits(models[m], dataset, progress=progress, desc=f"{m} {split}",
+                                         modalities=(m,))
+        stream_logits.append(logits)
+        streams[m] = {"checkpoint": rec["checkpoint"],
+                      "top1": float(100 * (logits.argmax(1) == labels).float().mean())}
+    ens = ensemble_logits(stream_logits, alphas)
+    result = {"split": split, "clips": int(len(labels)), "streams": streams,
+              "alphas": dict(zip(STREAMS, alphas)),
+              "top1": float(100 * (ens.argmax(1) == labels).float().mean())}
+    if json_path:
+        atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
+    return result
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
@@ -125,7 +251,7 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, split: str = "test",
     per_class = {n: float(100 * cm[i, i] / max(cm[i].sum(), 1)) for i, n in enumerate(names)}
     n_an = len(dataset) if analysis_clips is None else min(analysis_clips, len(dataset))
     sub = torch.utils.data.Subset(dataset, range(n_an))
-    batches = (model_input(x, dataset.modalities)
+    batches = (model_input(x, dataset.modalities, model.cfg.fusion)
                for x, _ in torch.utils.data.DataLoader(sub, batch_size=32))
     report = analyse(model, batches, model.cfg.time_steps)
     result = {

@@ -68,6 +68,22 @@ def write_model_card(checkpoint: str | Path, result: dict, path: str | Path) -> 
     if tr.get("weight_noise"):
         lines.append(f"- noise-aware training: every synaptic weight × (1 + {tr['weight_noise']}·z), z ~ N(0, 1), "
                      "redrawn at every step (`train.weight_noise`)")
+    if cfg.get("fusion") == "smf":
+        w = met.get("fusion_weight") or {}
+        lines.append("- four-modality MK-SGN: Spiking Multimodal Fusion (SMF, paper eq. 16–24), frozen fusion "
+                     "weights (eq. 24) " + ", ".join(f"{m} {v:.4f}" for m, v in w.items())
+                     + f"; MINE estimators (LSTM hidden {tr.get('mine_hidden')}, {tr.get('mine_optimizer')} "
+                       f"lr {tr.get('mine_lr')}, running-average momentum {tr.get('smf_momentum')}) used in "
+                       "training only, not in this file")
+    if met.get("teachers"):
+        kd = met.get("distillation", {})
+        lines.append("- distilled (paper eq. 25–32) from a 4-stream CTR-GCN teacher: "
+                     + "; ".join(f"{t['modality']} `{t['checkpoint']}` (sha256 {t['sha256'][:12]}…"
+                                 + (f", test top-1 {t['test_top1']:.2f} %" if t.get("test_top1") is not None else "")
+                                 + ")" for t in met["teachers"])
+                     + f"; α {kd.get('alphas')}, γ1/γ2/γ3 {kd.get('gamma1')}/{kd.get('gamma2')}/{kd.get('gamma3')}, "
+                       f"β1/β2 {kd.get('beta1')}/{kd.get('beta2')}, temperature {kd.get('temperature')}, "
+                       f"FTM SGD lr {kd.get('ftm_lr')}; teachers and FTMs are not in this file")
     if parent:
         top = parent.get("test_top1")
         lines.append(f"- fine-tuned from `{parent['checkpoint']}`: {parent['epochs']} epochs before this run "

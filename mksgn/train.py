@@ -5,10 +5,17 @@ schedule, dropout 0.3 (in the model head), cross-entropy (paper eq. 15, the stan
 soft-max form). Seeded and resumable: ``<out>/last.pt`` holds model, optimiser and
 scheduler state and is rewritten atomically after every epoch; at the end ``<out>/model.pt``
 holds the weights only (the shippable checkpoint).
+
+Issue 4: the four-modality MK-SGN (``model.fusion = "smf"``) trains its MINE estimators with
+their own optimiser and ships with them dropped; ``teachers`` (``mksgn-train --teacher`` × 4)
+switches the loss to the distillation objective of eq. 32 with a second SGD for the FTMs.
+See :func:`train`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import random
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -24,8 +31,15 @@ from .checkpoint import git_revision, load_checkpoint, load_state, save_checkpoi
 from .data import SkeletonDataset
 from .errors import ConfigError
 from .models import ModelConfig, build_model
+from .preprocess import MODALITIES
 
-__all__ = ["TrainConfig", "load_config", "train", "model_input", "evaluate_logits"]
+__all__ = ["TrainConfig", "load_config", "train", "model_input", "evaluate_logits", "DEFAULT_ALPHAS",
+           "MINE_OPTIMIZERS"]
+
+DEFAULT_ALPHAS = (0.6, 0.6, 0.4, 0.4)
+"""Default ``α`` of eq. 25 (joint, bone, joint motion, bone motion): the weights of the
+CTR-GCN ensemble script (``ensemble.py``); the paper gives none."""
+MINE_OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass
@@ -64,6 +78,41 @@ class TrainConfig:
     init_from : str or None
         Start from this checkpoint's weights (fine-tuning; same model config required). A
         relative path is taken from the working directory.
+
+    Four-modality MK-SGN (``model.fusion = "smf"``; ``modalities`` must then be all four):
+
+    smf_momentum : float
+        Running-average momentum of the frozen fusion weights, in (0, 1]
+        (:class:`mksgn.models.smf.SMF`; our rule, the paper gives none).
+    mine_hidden : int
+        LSTM hidden size of each MINE statistics network.
+    mine_optimizer : {"adam", "sgd"}
+        Optimiser of the statistics networks, which maximise the DV bounds
+        (``SMF.estimator_loss``, eq. 21) separately from the network's loss; SGD uses
+        ``momentum`` and no weight decay.
+    mine_lr : float
+        Its (constant) learning rate.
+
+    Distillation (eq. 25–32; on when ``teachers`` is non-empty, e.g. ``mksgn-train --teacher``):
+
+    teachers : list of str
+        The four CTR-GCN stream checkpoints (one per modality; each one's
+        ``data.modalities`` says which). The CLI's ``--teacher`` replaces this list.
+    kd_alphas : list of 4 floats ≥ 0
+        ``α`` of eq. 25 in the stream order joint, bone, joint_motion, bone_motion. The paper
+        gives no values; the default is the CTR-GCN ensemble script's (0.6, 0.6, 0.4, 0.4).
+    kd_temperature : float > 0
+        Softmax temperature of the soft labels (eq. 26, :func:`mksgn.distill.soft_label_loss`).
+    kd_gamma1, kd_gamma2, kd_gamma3 : float ≥ 0
+        ``γ`` of eq. 32 (hard label, soft label, features). Not given in the paper: 1.
+    kd_beta1, kd_beta2 : float ≥ 0
+        ``β`` of eq. 31 (teacher layer 5 ↔ student layer 3, teacher 8 ↔ student 5). Not
+        given in the paper: 1.
+    kd_ftm_lr : float > 0
+        Peak learning rate of the FTMs' own SGD optimiser (Table 5: 0.1, the same as the
+        student's). It follows the student's warm-up and step schedule (scaled by
+        ``kd_ftm_lr / lr``; Table 5 "decay rate 0.1/0.1") with the same ``momentum``,
+        ``weight_decay`` (Table 5: 1e-4) and ``nesterov``.
     """
 
     epochs: int = 64
@@ -83,6 +132,19 @@ class TrainConfig:
     eval_every: int = 1
     weight_noise: float = 0.0
     init_from: str | None = None
+    smf_momentum: float = 0.1
+    mine_hidden: int = 32
+    mine_optimizer: str = "adam"
+    mine_lr: float = 1e-3
+    teachers: list = field(default_factory=list)
+    kd_alphas: list = field(default_factory=lambda: list(DEFAULT_ALPHAS))
+    kd_temperature: float = 1.0
+    kd_gamma1: float = 1.0
+    kd_gamma2: float = 1.0
+    kd_gamma3: float = 1.0
+    kd_beta1: float = 1.0
+    kd_beta2: float = 1.0
+    kd_ftm_lr: float = 0.1
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -91,6 +153,29 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown train setting(s) {unknown}; known: {sorted(known)}")
         cfg = cls(**d)
+
+        def num(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        if not num(cfg.smf_momentum) or not 0 < cfg.smf_momentum <= 1:
+            raise ConfigError(f"train.smf_momentum must be a number in (0, 1] (got {cfg.smf_momentum!r})")
+        if isinstance(cfg.mine_hidden, bool) or not isinstance(cfg.mine_hidden, int) or cfg.mine_hidden < 1:
+            raise ConfigError(f"train.mine_hidden must be an integer >= 1 (got {cfg.mine_hidden!r})")
+        if cfg.mine_optimizer not in MINE_OPTIMIZERS:
+            raise ConfigError(f"train.mine_optimizer must be one of {list(MINE_OPTIMIZERS)} "
+                              f"(got {cfg.mine_optimizer!r})")
+        for name in ("mine_lr", "kd_temperature", "kd_ftm_lr"):
+            if not num(getattr(cfg, name)) or getattr(cfg, name) <= 0:
+                raise ConfigError(f"train.{name} must be a number > 0 (got {getattr(cfg, name)!r})")
+        for name in ("kd_gamma1", "kd_gamma2", "kd_gamma3", "kd_beta1", "kd_beta2"):
+            if not num(getattr(cfg, name)) or getattr(cfg, name) < 0:
+                raise ConfigError(f"train.{name} must be a number >= 0 (got {getattr(cfg, name)!r})")
+        if not isinstance(cfg.kd_alphas, list) or len(cfg.kd_alphas) != len(MODALITIES) \
+                or not all(num(a) and a >= 0 for a in cfg.kd_alphas):
+            raise ConfigError(f"train.kd_alphas must be {len(MODALITIES)} numbers >= 0, one per teacher "
+                              f"stream {list(MODALITIES)} (got {cfg.kd_alphas!r})")
+        if not isinstance(cfg.teachers, list) or not all(isinstance(t, str) for t in cfg.teachers):
+            raise ConfigError(f"train.teachers must be a list of checkpoint paths (got {cfg.teachers!r})")
         if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
             raise ConfigError("train.epochs and train.batch_size must be ≥ 1 and train.lr > 0")
         if not 0 <= cfg.weight_noise < 1:
@@ -138,40 +223,75 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def model_input(batch: dict, modalities) -> torch.Tensor:
-    """The model's input from a collated dataset batch: ``(N, C, T, V, M)`` for one modality."""
+def model_input(batch: dict, modalities, fusion: str = "none"):
+    """The model's input from a collated dataset batch.
+
+    Parameters
+    ----------
+    batch : dict modality → Tensor ``(N, C, T, V, M)``
+    modalities : sequence of str
+        The model's modalities (``train.modalities`` / the checkpoint's ``data.modalities``).
+    fusion : {"none", "smf"}
+        ``ModelConfig.fusion`` of the model.
+
+    Returns
+    -------
+    Tensor ``(N, C, T, V, M)`` of the one modality (``fusion="none"``), or a dict of all four
+    modalities (``fusion="smf"``, :class:`~mksgn.models.smf.SMFMKSGN`).
+
+    Raises
+    ------
+    ConfigError
+        Several modalities for a single-modality model, or not all four for the SMF model.
+    """
+    if fusion == "smf":
+        missing = [m for m in MODALITIES if m not in modalities or m not in batch]
+        if missing:
+            raise ConfigError(f"the four-modality MK-SGN (model.fusion 'smf') needs all of {list(MODALITIES)}; "
+                              f"missing {missing}")
+        return {m: batch[m] for m in MODALITIES}
     if len(modalities) != 1:
-        raise ConfigError("multi-modal input needs the SMF model (issue 4); use one modality")
+        raise ConfigError(f"train.modalities {list(modalities)}: a single-modality model takes one; "
+                          "multi-modal input needs the SMF model (model.fusion 'smf', all four modalities)")
     return batch[modalities[0]]
+
+
+def _fusion(model) -> str:
+    return getattr(getattr(model, "cfg", None), "fusion", "none")
 
 
 @torch.no_grad()
 def evaluate_logits(model, dataset, batch_size: int = 32, progress: bool = True,
-                    desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``model`` over ``dataset``; returns logits ``(N, classes)`` and labels ``(N,)``."""
+                    desc: str = "eval", modalities=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``model`` over ``dataset``; returns logits ``(N, classes)`` and labels ``(N,)``.
+
+    ``modalities``: the model's (default: the dataset's); the input is :func:`model_input`.
+    """
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    mods = dataset.modalities if modalities is None else modalities
     outs, labels = [], []
     for x, y in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
-        outs.append(model(model_input(x, dataset.modalities)))
+        outs.append(model(model_input(x, mods, _fusion(model))))
         labels.append(y)
     return torch.cat(outs), torch.cat(labels)
 
 
-def _payload(model, mcfg, tcfg, train_set, epoch, metrics, opt=None) -> dict:
+def _payload(model, mcfg, tcfg, train_set, epoch, metrics, opt=None, modalities=None, extra=None) -> dict:
     out = {
         "config": {"model": mcfg.to_dict(), "train": asdict(tcfg)},
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "class_names": list(train_set.class_names),
         "data": {"dataset": train_set.spec.name, "layout": train_set.layout.name,
-                 "modalities": list(train_set.modalities), "window": train_set.layout.window,
-                 "protocol": train_set.protocol},
+                 "modalities": list(train_set.modalities if modalities is None else modalities),
+                 "window": train_set.layout.window, "protocol": train_set.protocol},
         "metrics": metrics,
         "git_revision": git_revision(),
         "epoch": epoch,
     }
     if opt is not None:
         out["optimizer"] = opt.state_dict()
+    out.update(extra or {})
     return out
 
 
@@ -189,15 +309,19 @@ def parent_summary(ckpt: dict, path) -> dict:
             "train": ckpt.get("config", {}).get("train", {}), "git_revision": ckpt.get("git_revision")}
 
 
-def _perturb_weights(model: torch.nn.Module, sigma: float) -> list:
+def _perturb_weights(model: torch.nn.Module, sigma: float, exclude: torch.nn.Module | None = None) -> list:
     """Multiply every synaptic weight (conv, linear, per-channel affine: every module weight
     except normalisation layers') by ``1 + sigma·z`` in place (noise-aware training); returns
-    ``[(parameter, clean copy)]`` for :func:`_restore_weights`. ``sigma = 0``: no-op."""
+    ``[(parameter, clean copy)]`` for :func:`_restore_weights`. ``sigma = 0``: no-op.
+    Modules inside ``exclude`` (the SMF's MINE estimators, which are never deployed) are skipped."""
     if sigma <= 0:
         return []
+    skip = set() if exclude is None else {id(m) for m in exclude.modules()}
     saved = []
     with torch.no_grad():
         for mod in model.modules():
+            if id(mod) in skip:
+                continue
             w = getattr(mod, "weight", None)
             if isinstance(w, torch.nn.Parameter) and not isinstance(mod, torch.nn.modules.batchnorm._NormBase):
                 saved.append((w, w.detach().clone()))
@@ -211,9 +335,74 @@ def _restore_weights(saved: list) -> None:
             w.copy_(clean)
 
 
+class _Distiller:
+    """The frozen 4-stream teacher and the two FTMs of one distillation run (eq. 25–32).
+
+    ``teachers``: modality → CTR-GCN in eval mode with ``requires_grad`` off (stream order
+    :data:`~mksgn.distill.STREAMS`); ``ftms``: ``ModuleList`` of the FTMs for teacher layer 5
+    → student layer 3 and teacher layer 8 → student layer 5 (eq. 27–28).
+    """
+
+    def __init__(self, teachers: dict, info: list, mcfg: ModelConfig, tcfg: "TrainConfig"):
+        from .distill import STUDENT_LAYERS, FeatureTranslation
+
+        self.teachers, self.info, self.tcfg = teachers, info, tcfg
+        c5, c8 = next(iter(teachers.values())).feature_channels
+        s3, s5 = (mcfg.stages[i - 1][0] for i in STUDENT_LAYERS)
+        self.ftms = torch.nn.ModuleList([FeatureTranslation(c5, s3, mcfg), FeatureTranslation(c8, s5, mcfg)])
+
+    def loss(self, model, x_student, batch: dict, labels: torch.Tensor):
+        """Eq. 32 on one batch: ``(DistillLoss, student logits)``. The teacher runs under
+        ``torch.no_grad()`` on each stream's modality of ``batch``."""
+        from .distill import STREAMS, ensemble_logits, student_features, total_loss
+
+        with torch.no_grad():
+            outs = [self.teachers[m](batch[m], return_features=True) for m in STREAMS]
+        t_logits = ensemble_logits([o[0] for o in outs], self.tcfg.kd_alphas)
+        logits, feats = student_features(model, x_student)
+        spikes = [ftm([o[1][d] for o in outs]) for d, ftm in enumerate(self.ftms)]
+        t = self.tcfg
+        terms = total_loss(logits, labels, t_logits, feats, spikes, gamma1=t.kd_gamma1, gamma2=t.kd_gamma2,
+                           gamma3=t.kd_gamma3, beta1=t.kd_beta1, beta2=t.kd_beta2,
+                           temperature=t.kd_temperature)
+        return terms, logits
+
+
+def _estimator_optimizer(params, tcfg: TrainConfig) -> torch.optim.Optimizer:
+    if tcfg.mine_optimizer == "adam":
+        return torch.optim.Adam(params, lr=tcfg.mine_lr)
+    return torch.optim.SGD(params, lr=tcfg.mine_lr, momentum=tcfg.momentum)
+
+
+def _student_modalities(mcfg: ModelConfig, tcfg: TrainConfig, config_path) -> list:
+    """``train.modalities`` checked against the model: all four (in MODALITIES order) for SMF."""
+    bad = [m for m in tcfg.modalities if m not in MODALITIES]
+    if bad or not tcfg.modalities:
+        raise ConfigError(f"{config_path}: train.modalities {tcfg.modalities!r} has unknown modality(ies) "
+                          f"{bad}; choose from {list(MODALITIES)}")
+    if mcfg.fusion == "smf":
+        if sorted(tcfg.modalities) != sorted(MODALITIES):
+            raise ConfigError(f"{config_path}: model.fusion 'smf' needs train.modalities = all four "
+                              f"{list(MODALITIES)} (each once), got {tcfg.modalities!r}")
+        return list(MODALITIES)
+    if len(tcfg.modalities) != 1:
+        raise ConfigError(f"{config_path}: train.modalities {tcfg.modalities!r}: a single-modality model "
+                          "takes one; for several set model.fusion to 'smf' (all four modalities)")
+    return list(tcfg.modalities)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file (teacher checkpoints recorded in the student's metrics)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
           epochs: int | None = None, resume: bool = True, threads: int | None = None,
-          log=print, modality: str | None = None) -> dict:
+          log=print, modality: str | None = None, teachers=None) -> dict:
     """Train a model from a config file on a real dataset; returns the final metrics.
 
     Parameters
@@ -225,74 +414,171 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
     resume : continue from ``out_dir/last.pt`` when it exists
     threads : torch intra-op threads (default: torch's choice)
     modality : overrides ``train.modalities`` with this one modality (e.g. one CTR-GCN teacher
-        stream per modality from one config)
+        stream per modality from one config); refused for the four-modality model
+    teachers : sequence of paths, optional
+        Overrides ``train.teachers``: four CTR-GCN stream checkpoints, one per modality.
+        Non-empty switches on distillation (eq. 32; :mod:`mksgn.distill`).
+
+    Four-modality MK-SGN (``model.fusion = "smf"``): the model input is the dict of the four
+    modalities; the MINE statistics networks are trained by their own optimiser
+    (``train.mine_optimizer``) on ``estimator_loss()`` (eq. 21), the rest of the network by
+    SGD on the classification (or distillation) loss; the fusion weights are the SMF's
+    running average. Every history record has ``fusion_weight`` (modality → weight at the
+    end of the epoch), ``mi`` (mean over the epoch's batches of the 4×4 MI lower-bound
+    matrix, nats, rows/columns in :data:`~mksgn.preprocess.MODALITIES` order) and
+    ``estimator_loss``. ``last.pt`` keeps the estimators (resumable); ``model.pt`` is saved
+    after :meth:`~mksgn.models.smf.SMFMKSGN.drop_estimator` (no estimator parameters; load
+    with ``build_model(cfg)``, i.e. ``with_estimator=False``).
+
+    Distillation: the training set yields all four modalities (the teacher streams'); the
+    loss is :func:`mksgn.distill.total_loss` (eq. 32) with the ``kd_*`` settings; the
+    student (SGD, Table 5) and the two FTMs (their own SGD, ``kd_ftm_lr``) are optimised;
+    the teachers are frozen and run under ``no_grad``; the test split runs the student
+    only. Teachers and FTMs are not in ``model.pt`` (``last.pt`` keeps the FTMs and their
+    optimiser for resuming); ``metrics["teachers"]`` records each teacher checkpoint's
+    modality, path, sha256 and test top-1. The history has ``loss_hard``, ``loss_soft``,
+    ``loss_feature``, ``loss_feature_1`` and ``loss_feature_2`` per epoch.
 
     Raises
     ------
     ConfigError, DataError, CheckpointError
+        Among others: ``train.modalities`` that do not fit the model; ``--teacher`` with not
+        exactly four checkpoints, a modality missing or duplicated, a checkpoint that is not
+        CTR-GCN or does not fit the student's layout/classes, a student that is not MK-SGN;
+        resuming a distillation run without its teachers (or the other way round).
     """
     mcfg, tcfg = load_config(config_path)
     if epochs is not None:
         tcfg.epochs = epochs
     if modality is not None:
+        if mcfg.fusion == "smf":
+            raise ConfigError(f"--modality {modality}: the four-modality MK-SGN (model.fusion 'smf') "
+                              "trains on all four modalities; drop --modality")
         tcfg.modalities = [modality]
+    if teachers is not None and len(teachers):
+        tcfg.teachers = [str(t) for t in teachers]
+    student_mods = _student_modalities(mcfg, tcfg, config_path)
+    tcfg.modalities = list(student_mods)
+    smf = mcfg.fusion == "smf"
     if threads:
         torch.set_num_threads(threads)
     out_dir = Path(out_dir)
+    kd = None
+    if tcfg.teachers:
+        from .evaluate import load_teachers
+        if mcfg.arch != "mksgn":
+            raise ConfigError(f"{config_path}: distillation (--teacher) needs an MK-SGN student (model.arch "
+                              f"'mksgn': its layers 3 and 5 match teacher layers 5 and 8), got {mcfg.arch!r}")
+        t_models, t_info = load_teachers(tcfg.teachers, mcfg.layout, mcfg.num_classes)
     seed_everything(tcfg.seed)
-    train_set = SkeletonDataset(data_root, "train", tcfg.modalities, tcfg.protocol, seed=tcfg.seed,
-                                progress=True)
-    test_set = SkeletonDataset(data_root, "test", tcfg.modalities, tcfg.protocol, progress=True)
+    data_mods = list(MODALITIES) if tcfg.teachers else student_mods
+    train_set = SkeletonDataset(data_root, "train", data_mods, tcfg.protocol, seed=tcfg.seed, progress=True)
+    test_set = SkeletonDataset(data_root, "test", student_mods, tcfg.protocol, progress=True)
     if train_set.layout.name != mcfg.layout:
         raise ConfigError(f"{config_path}: model.layout is {mcfg.layout!r} but the data is "
                           f"{train_set.layout.name!r}")
-    model = build_model(mcfg)
-    opt = torch.optim.SGD(model.parameters(), lr=tcfg.lr, momentum=tcfg.momentum,
+    model = build_model(mcfg, with_estimator=smf, smf_momentum=tcfg.smf_momentum,
+                        estimator_hidden=tcfg.mine_hidden)
+    net_params = model.network_parameters() if smf else list(model.parameters())
+    opt = torch.optim.SGD(net_params, lr=tcfg.lr, momentum=tcfg.momentum,
                           weight_decay=tcfg.weight_decay, nesterov=tcfg.nesterov)
+    est_opt = _estimator_optimizer(model.estimator_parameters(), tcfg) if smf else None
+    ftm_opt = None
+    if tcfg.teachers:
+        kd = _Distiller(t_models, t_info, mcfg, tcfg)
+        ftm_opt = torch.optim.SGD(kd.ftms.parameters(), lr=tcfg.kd_ftm_lr, momentum=tcfg.momentum,
+                                  weight_decay=tcfg.weight_decay, nesterov=tcfg.nesterov)
     start, history = 0, []
     last = out_dir / "last.pt"
     parent = None
     if tcfg.init_from:
         init = load_checkpoint(tcfg.init_from)
-        load_state(model, init["state_dict"], tcfg.init_from)
+        load_state(model, init["state_dict"], tcfg.init_from,
+                   optional_prefixes=("sc.estimators.",) if smf else ())
         parent = parent_summary(init, tcfg.init_from)
         log(f"initialised from {tcfg.init_from}")
     if resume and last.exists():
         ckpt = load_checkpoint(last)
+        if ("ftm_state" in ckpt) != (kd is not None):
+            raise ConfigError(f"{last}: " + ("is a distillation run; resume it with the same --teacher "
+                                             "checkpoints" if "ftm_state" in ckpt else
+                                             "is not a distillation run; use --no-resume or another --out "
+                                             "to distil"))
         load_state(model, ckpt["state_dict"], last)
         opt.load_state_dict(ckpt["optimizer"])
+        if est_opt is not None:
+            est_opt.load_state_dict(ckpt["estimator_optimizer"])
+        if kd is not None:
+            load_state(kd.ftms, ckpt["ftm_state"], f"{last} (FTM)")
+            ftm_opt.load_state_dict(ckpt["ftm_optimizer"])
         start, history = ckpt["epoch"], list(ckpt["metrics"].get("history", []))
         log(f"resuming from {last} at epoch {start}")
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"{mcfg.arch}: {n_params:,} parameters; {len(train_set)} training / {len(test_set)} test clips")
+    n_params = sum(p.numel() for p in net_params)
+    log(f"{mcfg.arch}{' + SMF' if smf else ''}: {n_params:,} parameters; {len(train_set)} training / "
+        f"{len(test_set)} test clips" + (f"; distilling from {len(kd.teachers)} CTR-GCN streams" if kd else ""))
+    fusion_info = {"fusion_modalities": list(MODALITIES)} if smf else {}
+    kd_info = {}
+    if kd is not None:
+        kd_info = {"teachers": kd.info, "distillation": {
+            "alphas": dict(zip(MODALITIES, tcfg.kd_alphas)), "temperature": tcfg.kd_temperature,
+            "gamma1": tcfg.kd_gamma1, "gamma2": tcfg.kd_gamma2, "gamma3": tcfg.kd_gamma3,
+            "beta1": tcfg.kd_beta1, "beta2": tcfg.kd_beta2, "ftm_lr": tcfg.kd_ftm_lr}}
     gen = torch.Generator().manual_seed(tcfg.seed)
     t_start = time.time()
     for epoch in range(start, tcfg.epochs):
         train_set.set_epoch(epoch)
-        # per-epoch seeds (shuffle and dropout): a resumed run equals an uninterrupted one
+        # per-epoch seeds (shuffle, dropout, MINE's frame permutations): a resumed run equals an
+        # uninterrupted one
         gen.manual_seed(tcfg.seed * 1000 + epoch)
         torch.manual_seed(tcfg.seed * 1000 + epoch)
         loader = DataLoader(train_set, batch_size=tcfg.batch_size, shuffle=True, generator=gen,
                             drop_last=True)
         model.train()
+        if kd is not None:
+            kd.ftms.train()
         seen = correct = 0
         loss_sum = 0.0
+        sums = {}
+        mi_sum, mi_n = None, 0
         t0 = time.time()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tcfg.epochs}", unit="batch", leave=False)
         for i, (x, y) in enumerate(bar):
             lr = tcfg.lr_at(epoch + i / len(loader))
             for g in opt.param_groups:
                 g["lr"] = lr
-            clean = _perturb_weights(model, tcfg.weight_noise)
-            logits = model(model_input(x, tcfg.modalities))
-            loss = F.cross_entropy(logits, y)
+            if ftm_opt is not None:
+                for g in ftm_opt.param_groups:
+                    g["lr"] = lr * tcfg.kd_ftm_lr / tcfg.lr
+            clean = _perturb_weights(model, tcfg.weight_noise, model.sc.estimators if smf else None)
+            x_in = model_input(x, student_mods, mcfg.fusion)
+            if kd is not None:
+                terms, logits = kd.loss(model, x_in, x, y)
+                loss = terms.total
+                for k in ("hard", "soft", "feature", "feature_1", "feature_2"):
+                    sums[k] = sums.get(k, 0.0) + getattr(terms, k).item() * len(y)
+            else:
+                logits = model(x_in)
+                loss = F.cross_entropy(logits, y)
             if not torch.isfinite(loss):
                 raise ConfigError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); "
                                   "lower train.lr")
             opt.zero_grad(set_to_none=True)
+            if ftm_opt is not None:
+                ftm_opt.zero_grad(set_to_none=True)
             loss.backward()
+            if smf:  # the statistics networks: their own loss and optimiser (spikes were detached)
+                est_loss = model.estimator_loss()
+                est_opt.zero_grad(set_to_none=True)
+                est_loss.backward()
+                sums["estimator"] = sums.get("estimator", 0.0) + est_loss.item() * len(y)
+                mi = model.sc.last_mi.detach()
+                mi_sum, mi_n = (mi if mi_sum is None else mi_sum + mi), mi_n + 1
             _restore_weights(clean)
             opt.step()
+            if ftm_opt is not None:
+                ftm_opt.step()
+            if est_opt is not None:
+                est_opt.step()
             seen += len(y)
             correct += (logits.argmax(1) == y).sum().item()
             loss_sum += loss.item() * len(y)
@@ -300,21 +586,41 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
                             sps=f"{seen / (time.time() - t0):.1f}", lr=f"{lr:.3g}")
         rec = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": 100 * correct / seen,
                "seconds": time.time() - t0, "samples_per_s": seen / (time.time() - t0)}
+        if kd is not None:
+            rec.update({f"loss_{k}": sums[k] / seen for k in ("hard", "soft", "feature", "feature_1", "feature_2")})
+        if smf:
+            rec["estimator_loss"] = sums["estimator"] / seen
+            rec["mi"] = (mi_sum / mi_n).tolist()
+            rec["fusion_weight"] = dict(zip(MODALITIES, model.fusion_weight.tolist()))
         if (epoch + 1) % tcfg.eval_every == 0 or epoch + 1 == tcfg.epochs:
             logits, labels = evaluate_logits(model, test_set, desc="test")
             rec["test_top1"] = 100 * (logits.argmax(1) == labels).float().mean().item()
         history.append(rec)
         log(f"epoch {epoch + 1:3d}/{tcfg.epochs}  loss {rec['train_loss']:.3f}  train {rec['train_top1']:.1f}%  "
             + (f"test {rec['test_top1']:.1f}%  " if "test_top1" in rec else "")
-            + f"{rec['seconds']:.0f}s ({rec['samples_per_s']:.1f} samples/s)")
-        metrics = {"history": history, "params": n_params, **({"init_from": parent} if parent else {})}
-        save_checkpoint(last, _payload(model, mcfg, tcfg, train_set, epoch + 1, metrics, opt))
+            + f"{rec['seconds']:.0f}s ({rec['samples_per_s']:.1f} samples/s)"
+            + ("  fusion w " + " ".join(f"{w:.3f}" for w in rec["fusion_weight"].values()) if smf else ""))
+        metrics = {"history": history, "params": n_params, **fusion_info, **kd_info,
+                   **({"init_from": parent} if parent else {})}
+        extra = {}
+        if est_opt is not None:
+            extra["estimator_optimizer"] = est_opt.state_dict()
+        if kd is not None:
+            extra["ftm_state"] = {k: v.detach().clone() for k, v in kd.ftms.state_dict().items()}
+            extra["ftm_optimizer"] = ftm_opt.state_dict()
+        save_checkpoint(last, _payload(model, mcfg, tcfg, train_set, epoch + 1, metrics, opt,
+                                       student_mods, extra))
         (out_dir / "history.json").write_text(json.dumps(history, indent=1))
     final = history[-1] if history else {}
+    if smf:
+        model.drop_estimator()  # the shipped model: frozen fusion weights, no estimator parameters
+        fusion_info["fusion_weight"] = dict(zip(MODALITIES, model.fusion_weight.tolist()))
     metrics = {"history": history, "params": n_params, "test_top1": final.get("test_top1"),
                "epochs": tcfg.epochs,
                "train_seconds": sum(h["seconds"] for h in history),
-               "wall_seconds_this_run": time.time() - t_start, **({"init_from": parent} if parent else {})}
-    save_checkpoint(out_dir / "model.pt", _payload(model, mcfg, tcfg, train_set, tcfg.epochs, metrics))
+               "wall_seconds_this_run": time.time() - t_start, **fusion_info, **kd_info,
+               **({"init_from": parent} if parent else {})}
+    save_checkpoint(out_dir / "model.pt", _payload(model, mcfg, tcfg, train_set, tcfg.epochs, metrics,
+                                                   modalities=student_mods))
     log(f"wrote {out_dir / 'model.pt'} (test top-1 {final.get('test_top1', float('nan')):.2f}%)")
     return metrics

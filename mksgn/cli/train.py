@@ -10,8 +10,9 @@ from ..train import train
 from .common import run
 
 
-@click.command(help="Train a spiking model (MK-SGN or Base-SGN*) or the CTR-GCN teacher from a JSON config on real clips. "
-                    "Writes <out>/last.pt after every epoch (resumable), <out>/model.pt at the end.")
+@click.command(help="Train a spiking model (MK-SGN, the four-modality MK-SGN with SMF, or Base-SGN*) or the CTR-GCN "
+                    "teacher from a JSON config on real clips, optionally distilled from four CTR-GCN streams "
+                    "(--teacher). Writes <out>/last.pt after every epoch (resumable), <out>/model.pt at the end.")
 @click.option("--config", "config", type=click.Path(path_type=Path), required=True,
               help="Model + training config, e.g. configs/mksgn_ucla_joint.json.")
 @click.option("--data", type=click.Path(path_type=Path), required=True,
@@ -23,9 +24,14 @@ from .common import run
 @click.option("--threads", type=int, default=None, help="Torch CPU threads (default: all cores).")
 @click.option("--modality", type=click.Choice(list(MODALITIES)), default=None,
               help="Override train.modalities with this one modality (e.g. one CTR-GCN teacher stream each).")
-def cli(config, data, out_dir, epochs, no_resume, threads, modality):
+@click.option("--teacher", "teachers", type=click.Path(path_type=Path), multiple=True,
+              help="A CTR-GCN teacher stream checkpoint; give it four times, one per modality (joint, bone, "
+                   "joint_motion, bone_motion: each checkpoint's data.modalities says which). Switches on "
+                   "GCN-to-SGN distillation (paper eq. 25-32) with the kd_* settings of the config; replaces "
+                   "train.teachers.")
+def cli(config, data, out_dir, epochs, no_resume, threads, modality, teachers):
     train(config, data, out_dir, epochs=epochs, resume=not no_resume, threads=threads, log=click.echo,
-          modality=modality)
+          modality=modality, teachers=list(teachers) or None)
 
 
 main = run(cli)
