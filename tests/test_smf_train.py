@@ -227,8 +227,7 @@ def test_frozen_checkpoint_has_no_estimator_and_reloads_deterministically(traine
 
 def test_evaluate_model_card_and_export_of_the_smf_student(trained_kd, small_ucla, tmp_path):
     """mksgn-eval runs the student alone on its four modalities; the analyser counts the four
-    encoders; export refuses the checkpoint with its own error (SMF export is not supported)."""
-    from export.errors import ExportError
+    encoders; the exported graph (fusion weights folded) equals the model."""
     from export.frontend import from_checkpoint
     from mksgn.evaluate import evaluate
     from mksgn.model_card import write_model_card
@@ -245,8 +244,22 @@ def test_evaluate_model_card_and_export_of_the_smf_student(trained_kd, small_ucl
     w = metrics["fusion_weight"]
     assert "frozen fusion weights (eq. 24) " + ", ".join(f"{m} {v:.4f}" for m, v in w.items()) in card
     assert "4-stream CTR-GCN teacher: joint `" in card and metrics["teachers"][0]["sha256"][:12] in card
-    with pytest.raises(ExportError):
-        from_checkpoint(path)
+    # the trained student exports: its frozen fusion weights reach the graph, and the folded
+    # float graph computes what the model computes on the real clips
+    import torch
+    from export.pipeline import fold_all, graph_input
+    from export.twin import run_graph
+    from mksgn.data import SkeletonDataset
+    from mksgn.evaluate import load_model
+    graph, _ = from_checkpoint(path)
+    assert graph.meta["fusion_weights"] == pytest.approx(list(w.values()))
+    model, _ = load_model(path)
+    ds = SkeletonDataset(small_ucla, "test", MODALITIES, train=False)
+    batch = {m: torch.stack([ds[i][0][m] for i in range(2)]) for m in MODALITIES}
+    with torch.no_grad():
+        ref = model(batch).double()
+    assert torch.allclose(run_graph(fold_all(graph), graph_input(batch, list(MODALITIES)), "float").logits,
+                          ref, atol=1e-9)
 
 
 def test_distillation_metrics_record_the_teachers(trained_kd, teachers):
