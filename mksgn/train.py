@@ -391,6 +391,21 @@ def _student_modalities(mcfg: ModelConfig, tcfg: TrainConfig, config_path) -> li
     return list(tcfg.modalities)
 
 
+def smf_state_from_single(state_dict: dict) -> dict:
+    """Map a single-modality MK-SGN ``state_dict`` onto the four-modality SMF model (fine-tuning
+    a 4-modality student from a trained 1-modality one, ``train.init_from``): the spiking coding
+    ``sc.<p>`` initialises every encoder ``sc.encoders.<m>.<p>``; ``layers.*`` and ``head.*``
+    keep their names. The fusion weights (ones) and the MI estimators start fresh."""
+    out = {}
+    for k, v in state_dict.items():
+        if k.startswith("sc."):
+            for m in MODALITIES:
+                out[f"sc.encoders.{m}.{k[3:]}"] = v.clone()
+        else:
+            out[k] = v
+    return out
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file (teacher checkpoints recorded in the student's metrics)."""
     h = hashlib.sha256()
@@ -493,8 +508,13 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
     parent = None
     if tcfg.init_from:
         init = load_checkpoint(tcfg.init_from)
-        load_state(model, init["state_dict"], tcfg.init_from,
-                   optional_prefixes=("sc.estimators.",) if smf else ())
+        init_sd = init["state_dict"]
+        if smf and init.get("config", {}).get("model", {}).get("fusion", "none") == "none":
+            init_sd = smf_state_from_single(init_sd)
+            log(f"{tcfg.init_from} is a single-modality MK-SGN: its spiking coding initialises all "
+                "four SMF encoders, its layers and head the student's")
+        load_state(model, init_sd, tcfg.init_from,
+                   optional_prefixes=("sc.estimators.", "sc.fusion_weight") if smf else ())
         parent = parent_summary(init, tcfg.init_from)
         log(f"initialised from {tcfg.init_from}")
     if resume and last.exists():

@@ -45,19 +45,6 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(scope="module")
-def small_ucla(ucla_dir, tmp_path_factory):
-    """8 training + 6 test clips of the real data, linked (not copied) into a temp folder."""
-    d = tmp_path_factory.mktemp("ucla_small") / "all_sqe"
-    d.mkdir()
-    src = ucla_dir / "all_sqe"
-    names = [f"a{a:02d}_s01_e00_v{v:02d}.json" for a in (1, 2, 3, 4) for v in (1, 2)]
-    names += [f"a{a:02d}_s01_e00_v03.json" for a in (1, 2, 3, 4, 5, 6)]
-    for n in names:
-        (d / n).symlink_to(src / n)
-    return d.parent
-
-
 def write_config(path: Path, model=None, train=None) -> Path:
     path.write_text(json.dumps({"model": {**SMF_MODEL, **(model or {})}, "train": {**SMF_TRAIN, **(train or {})}}))
     return path
@@ -399,3 +386,24 @@ def test_teacher_ensemble_evaluation(teachers, small_ucla, tmp_path):
     d = json.loads((tmp_path / "d.json").read_text())
     assert d["top1"] == pytest.approx(100 * (ens.argmax(1) == y).float().mean().item())
     assert "ensemble" in out.stdout
+
+
+def test_smf_student_initialised_from_a_single_modality_model(small_ucla):
+    """train.init_from a 1-modality MK-SGN: every SMF encoder gets its spiking coding, layers and
+    head keep theirs; with fusion weights (1, 0, 0, 0) the 4-modality model then computes
+    exactly the 1-modality model's logits on the joint modality."""
+    from mksgn.checkpoint import load_state
+    from mksgn.data import SkeletonDataset
+    from mksgn.train import smf_state_from_single
+    torch.manual_seed(0)
+    single = build_model(ModelConfig.from_dict({k: v for k, v in SMF_MODEL.items() if k != "fusion"})).eval()
+    smf = build_model(ModelConfig.from_dict(SMF_MODEL)).eval()
+    load_state(smf, smf_state_from_single(single.state_dict()), "single.pt",
+               optional_prefixes=("sc.estimators.", "sc.fusion_weight"))
+    for m in MODALITIES:
+        assert torch.equal(smf.sc.encoders[m].conv.weight, single.sc.conv.weight)
+    smf.sc.fusion_weight.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    ds = SkeletonDataset(small_ucla, "test", MODALITIES, train=False)
+    batch = {m: torch.stack([ds[i][0][m] for i in range(3)]) for m in MODALITIES}
+    with torch.no_grad():
+        assert torch.allclose(smf(batch), single(batch["joint"]), atol=1e-6)

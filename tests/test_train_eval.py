@@ -18,19 +18,6 @@ TINY_TRAIN = {"epochs": 2, "batch_size": 4, "lr": 0.05, "warmup_epochs": 0, "lr_
               "seed": 3, "modalities": ["joint"], "dataset": "ucla"}
 
 
-@pytest.fixture(scope="module")
-def small_ucla(ucla_dir, tmp_path_factory):
-    """8 training + 6 test clips of the real data, linked (not copied) into a temp folder."""
-    d = tmp_path_factory.mktemp("ucla_small") / "all_sqe"
-    d.mkdir()
-    src = ucla_dir / "all_sqe"
-    names = [f"a{a:02d}_s01_e00_v{v:02d}.json" for a in (1, 2, 3, 4) for v in (1, 2)]
-    names += [f"a{a:02d}_s01_e00_v03.json" for a in (1, 2, 3, 4, 5, 6)]
-    for n in names:
-        (d / n).symlink_to(src / n)
-    return d.parent
-
-
 def write_config(path: Path, model=None, train=None) -> Path:
     path.write_text(json.dumps({"model": {**TINY_MODEL, **(model or {})},
                                 "train": {**TINY_TRAIN, **(train or {})}}))
