@@ -66,3 +66,19 @@ def test_quantised_mksgn_agrees_on_real_clips(ucla_dir):
         ref = model(x).argmax(1)
     got = run_graph(q, x, "int").logits.argmax(1)
     assert int((got == ref).sum()) >= 19
+
+
+def test_shipped_teacher_reproduces_card(ucla_dir):
+    """The four shipped CTR-GCN teacher streams load (weights_only) and give their card's
+    per-stream and eq. 25 ensemble top-1 on the 464 NW-UCLA test clips."""
+    import re
+
+    from mksgn.evaluate import evaluate_ensemble
+    card = (MODELS / "ctrgcn_ucla_teacher.md").read_text()
+    paths = [MODELS / f"ctrgcn_ucla_{m}.pt" for m in ("joint", "bone", "joint_motion", "bone_motion")]
+    assert all(p.stat().st_size <= 10e6 for p in paths)
+    r = evaluate_ensemble(paths, ucla_dir, progress=False)
+    assert r["clips"] == 464
+    assert f"ensemble (eq. 25) test top-1: {r['top1']:.2f} %" in card
+    for m, s in r["streams"].items():
+        assert re.search(rf"\| {m} \| `models/ctrgcn_ucla_{m}.pt` \| {s['top1']:.2f} % \|", card), m
