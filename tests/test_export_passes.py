@@ -142,3 +142,32 @@ def test_quantise_rejects_unrepresentable():
         quantise(g, torch.randn(4, 1, 4, 3, 1))
     with pytest.raises(ExportError, match="fold BN and adjacency"):
         quantise(chain_graph(), torch.randn(4, 1, 4, 3, 1))
+
+
+def test_spike_exact_rounding_keeps_a_knife_edge_channel_on_the_float_side():
+    """A one-to-one channel with w + b = 1.0055 (0.55 % above vth, less than one 8-bit grid
+    step): round-to-nearest puts the integer neuron below threshold, so it never fires on a
+    single spike where the float neuron always does; the spike-exact rounding moves that
+    channel's weight one grid step up and leaves a channel far from threshold alone."""
+    from export import fixed_point as fx
+    from export.ir import NeuronGroup
+    from export.passes import spike_exact_rounding
+    S, e = 8192.0, 6
+    w = np.array([0.91277, 0.62153])
+    b = np.array([0.09272, -0.18916])
+    grp = NeuronGroup("g", (2, 1, 1), 0.25, 1.0, b)
+    grp.scale, grp.du, grp.dv = S, fx.DU_MAX, fx.quantise_decay(0.25)
+    grp.vth_mant = int(fx.quantise_threshold(1.0, S))
+    grp.bias_mant, grp.bias_exp = fx.quantise_bias(b, S)
+    mant, _, _ = fx.quantise_weights(w, current_scale=S, weight_exp=e)
+    one_spike = np.array([[1], [0], [0], [0]]) * np.ones((1, 2), np.int64)
+
+    def fires(m):
+        _, _, s = fx.lif_run(fx.shift_exp(one_spike * m[None, :], e), grp.du, grp.dv, grp.vth_mant,
+                             grp.bias_mant, grp.bias_exp)
+        return s[0]
+
+    assert fires(mant).tolist() == [False, False]  # nearest rounding loses the spike of channel 0
+    out, moved = spike_exact_rounding(w, mant, e, grp, 4)
+    assert moved == 1 and out[0] == mant[0] + 2 and out[1] == mant[1]
+    assert fires(out).tolist() == [True, False]  # as the float neuron: 1.0055 > 1, 0.432 < 1
