@@ -13,7 +13,6 @@ failed export leaves nothing behind. Same checkpoint + options → byte-identica
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mksgn.checkpoint import sha256_file
+
 from .errors import ExportError
 from .ir import Graph
 from .pipeline import export_graph
@@ -31,14 +32,6 @@ from .resources import format_resources, resources
 TARGETS = {"lava": "network.net", "onnx": "model.onnx", "nir": "network.nir"}
 MANIFEST_VERSION = 1
 _PACKAGES = ("mksgn", "lava-nc", "lava-dl", "torch", "numpy", "onnx", "onnxruntime", "nir", "h5py")
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _versions() -> dict:
@@ -147,10 +140,10 @@ def run_export(checkpoint: str | Path, target: str, out_dir: str | Path | None, 
         write_target(graph, target, tmp)
         (tmp / "quantisation.json").write_text(_json({"layers": layers, **graph.meta["quantisation"]}))
         (tmp / "resources.json").write_text(_json(res))
-        files = {p.name: sha256(p) for p in sorted(tmp.iterdir())}
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         manifest = {
             "manifest_version": MANIFEST_VERSION, "target": target,
-            "checkpoint": {"name": checkpoint.name, "sha256": sha256(checkpoint)},
+            "checkpoint": {"name": checkpoint.name, "sha256": sha256_file(checkpoint)},
             "arch": graph.meta["arch"], "model_config": graph.meta["model_config"],
             "class_names": graph.meta["class_names"], "data": graph.meta["data"],
             "input_encoding": {"layout": "(N, C, T, V, M)", "shape": list(graph.input_shape),
@@ -197,7 +190,7 @@ def verify_export_dir(path: str | Path) -> dict:
         f = path / name
         if not f.is_file():
             raise ExportError(f"{path}: {name} listed in manifest.json is missing")
-        if sha256(f) != digest:
+        if sha256_file(f) != digest:
             raise ExportError(f"{path}: {name} does not match its sha256 in manifest.json "
                               "(modified or corrupt); re-export")
     return manifest

@@ -162,7 +162,6 @@ def _smf_coding(b: _Builder, model: SMFMKSGN, T: int) -> int:
     b.group("sc.lif", (n * c, T, b.V), "sc")
     b.synapse("sc.conv", "input_conv", (INPUT,), "sc.lif", w, "sc", padding=encoders[0].conv.padding[0], bn=bn)
     b.graph.meta["fusion_weights"] = [float(v) for v in model.fusion_weight]
-    b.graph.meta["input_modalities"] = list(b.modalities)
     return c
 
 

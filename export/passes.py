@@ -132,11 +132,10 @@ def fold_fusion(graph: Graph) -> Graph:
         if s.bn is not None or s.adjacency is not None or s.bias is not None:
             raise ExportError(f"{s.name}: run fold_bn and fold_graph before fold_fusion")
         w = s.weight
-        if s.kind == "conv":
+        if s.kind in ("conv", "graph"):  # both: input channels (× V for graph) on axis 1
             s.weight = np.concatenate([f * w for f in fw], axis=1)
-        elif s.kind == "graph":
-            s.weight = np.concatenate([f * w for f in fw], axis=1)
-            s.meta["nnz"] = int(np.count_nonzero(s.weight))
+            if s.kind == "graph":
+                s.meta["nnz"] = int(np.count_nonzero(s.weight))
         elif s.kind == "affine":
             c = len(w)
             conv = np.zeros((c, n * c, 1, 1))
@@ -193,19 +192,6 @@ def _calib_weight(s, input_frac_bits: int) -> np.ndarray:
     return s.weight / 2.0 ** input_frac_bits if s.kind == "input_conv" else s.weight
 
 
-def _float_lif_spikes(current: np.ndarray, beta: float, vth: float) -> np.ndarray:
-    """Float LIF of the models (``v = β·v + I``, spike iff ``v > vth``, reset to 0) on
-    currents ``(T, ...)``; returns spikes ``(T, ...)`` bool."""
-    v = np.zeros(current.shape[1:])
-    out = []
-    for cur in current:
-        v = beta * v + cur
-        spk = v > vth
-        v = np.where(spk, 0.0, v)
-        out.append(spk)
-    return np.stack(out)
-
-
 def spike_exact_rounding(w_float: np.ndarray, mant: np.ndarray, weight_exp: int, grp, time_steps: int):
     """Rounding direction of a one-to-one (``affine``) synapse chosen so that its integer neuron
     spikes like the float one.
@@ -232,6 +218,10 @@ def spike_exact_rounding(w_float: np.ndarray, mant: np.ndarray, weight_exp: int,
     -------
     (mantissas ``(C,)`` int64, number of channels whose rounding changed)
     """
+    import torch
+
+    from mksgn.neuron import LIF
+
     from . import fixed_point as fx
 
     step, lo, hi = fx.weight_grid(fx.WEIGHT_BITS, fx.MIXED)
@@ -241,8 +231,9 @@ def spike_exact_rounding(w_float: np.ndarray, mant: np.ndarray, weight_exp: int,
     cand_hi = np.clip(np.ceil(exact) * step, lo, hi).astype(np.int64)
     patterns = ((np.arange(2 ** time_steps)[:, None] >> np.arange(time_steps)[None, :]) & 1).T  # (T, P)
     s = patterns[:, :, None].astype(np.float64)  # (T, P, 1)
-    ref = _float_lif_spikes(s * np.asarray(w_float)[None, None, :] + grp.bias[None, None, :], grp.beta,
-                            grp.threshold)
+    current = s * np.asarray(w_float)[None, None, :] + grp.bias[None, None, :]
+    with torch.no_grad():  # the float neuron of the models (mksgn.neuron.LIF), (T, P, C)
+        ref = LIF(grp.beta, grp.threshold)(torch.from_numpy(current)).numpy() > 0
 
     def mismatches(m):
         a_in = fx.shift_exp(patterns[:, :, None].astype(np.int64) * m[None, None, :], weight_exp)

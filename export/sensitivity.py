@@ -235,11 +235,11 @@ def quant_check(checkpoint: str | Path, data_root: str | Path, split: str = "tes
     if divergence_clips < 1 or runs < 0 or (clips is not None and clips < 1):
         raise ExportError("--divergence-clips and --clips must be at least 1 and --runs at least 0")
     graph, ckpt = from_checkpoint(checkpoint)
-    modality = input_modalities(ckpt["data"])
-    calib = calibration_clips(calib_data or data_root, modality, calib_clips, progress=progress)
+    mods = input_modalities(ckpt["data"])
+    calib = calibration_clips(calib_data or data_root, mods, calib_clips, progress=progress)
     folded = fold_all(graph)
     q = quantise(folded, calib)
-    x, y, ds = _load_split(data_root, split, modality, progress)
+    x, y, ds = _load_split(data_root, split, mods, progress)
     if ds.layout.name != ckpt["data"]["layout"]:
         raise ExportError(f"{checkpoint} was trained on layout {ckpt['data']['layout']!r}, but "
                           f"{data_root} is {ds.layout.name!r}")

@@ -12,6 +12,8 @@ hostile file cannot run code.
 """
 from __future__ import annotations
 
+import hashlib
+
 import os
 import subprocess
 import tempfile
@@ -117,3 +119,13 @@ def load_state(model: torch.nn.Module, state_dict: dict, path: str | Path = "che
             raise CheckpointError(f"{path}: weight {k} has shape {tuple(state_dict[k].shape)}, the "
                                   f"model expects {tuple(v.shape)}")
     model.load_state_dict(state_dict, strict=not optional_prefixes)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (export manifests, teacher checkpoints in a
+    student's metrics)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

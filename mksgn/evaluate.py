@@ -75,7 +75,7 @@ def load_teachers(paths, layout: str | None = None, num_classes: int | None = No
         A missing, corrupt or foreign file.
     """
     from .distill import STREAMS
-    from .train import sha256_file
+    from .checkpoint import sha256_file
 
     paths = [Path(p) for p in paths]
     if len(paths) != len(STREAMS):

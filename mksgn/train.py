@@ -13,7 +13,6 @@ See :func:`train`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .checkpoint import git_revision, load_checkpoint, load_state, save_checkpoint
+from .checkpoint import git_revision, load_checkpoint, load_state, save_checkpoint, sha256_file
 from .data import SkeletonDataset
 from .errors import ConfigError
 from .models import ModelConfig, build_model
@@ -404,15 +403,6 @@ def smf_state_from_single(state_dict: dict) -> dict:
         else:
             out[k] = v
     return out
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file (teacher checkpoints recorded in the student's metrics)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
