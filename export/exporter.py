@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from mksgn.checkpoint import sha256_file
 
 from .errors import ExportError
 from .ir import Graph
+from .passes import SPLIT_KINDS
 from .pipeline import export_graph
 from .resources import format_resources, resources
 
@@ -107,8 +109,12 @@ class ExportSummary:
 
 
 def run_export(checkpoint: str | Path, target: str, out_dir: str | Path | None, calib_data: str | Path,
-               calib_clips: int = 64, force: bool = False, progress: bool = True) -> ExportSummary:
+               calib_clips: int = 64, force: bool = False, progress: bool = True,
+               weight_split: Sequence[str] = SPLIT_KINDS) -> ExportSummary:
     """Export a checkpoint to ``target`` in ``out_dir`` (see module docstring).
+
+    ``weight_split``: synapse kinds whose 8-bit weights get a low-mantissa partner synapse
+    (:func:`export.passes.split_residual`; ``()`` for plain 8-bit weights, half the events).
 
     Raises
     ------
@@ -128,7 +134,7 @@ def run_export(checkpoint: str | Path, target: str, out_dir: str | Path | None, 
     if calib_data is None:
         raise ExportError("--calib-data is required: quantisation scales are calibrated on real "
                           "training clips (e.g. --calib-data ../shared/data/nw-ucla)")
-    graph, x = export_graph(checkpoint, calib_data, calib_clips, progress=progress)
+    graph, x = export_graph(checkpoint, calib_data, calib_clips, progress=progress, weight_split=weight_split)
     # saturation on the calibration clips, in integer arithmetic
     graph.meta["quantisation"]["saturation"] = run_graph(graph, x, mode="int").saturation
     layers = layer_table(graph)
@@ -153,6 +159,7 @@ def run_export(checkpoint: str | Path, target: str, out_dir: str | Path | None, 
                                "preprocessing": "mksgn.preprocess.preprocess(train=False)"},
             "quantisation_scales": {n: g.scale for n, g in graph.groups.items()},
             "readout_scale": graph.meta["readout_scale"],
+            "weight_split": graph.meta["quantisation"]["weight_split"],
             "latency": graph.meta["latency"], "readout_latency": graph.meta["readout_latency"],
             "calibration": graph.meta["calibration"], "versions": _versions(), "files": files,
         }

@@ -14,7 +14,7 @@ from mksgn.preprocess import MODALITIES
 from .errors import ExportError
 from .frontend import from_checkpoint
 from .ir import Graph
-from .passes import balance_delays, fold_bn, fold_fusion, fold_graph, quantise
+from .passes import SPLIT_KINDS, balance_delays, fold_bn, fold_fusion, fold_graph, quantise
 
 __all__ = ["input_modalities", "graph_input", "calibration_clips", "fold_all", "lower", "export_graph"]
 
@@ -79,13 +79,14 @@ def fold_all(graph: Graph) -> Graph:
     return balance_delays(fold_fusion(fold_graph(fold_bn(graph))))
 
 
-def lower(graph: Graph, calib_x: torch.Tensor) -> Graph:
-    """All passes in order: :func:`fold_all`, then quantise with calibration clips ``calib_x``."""
-    return quantise(fold_all(graph), calib_x)
+def lower(graph: Graph, calib_x: torch.Tensor, weight_split: Sequence[str] = SPLIT_KINDS) -> Graph:
+    """All passes in order: :func:`fold_all`, then quantise with calibration clips ``calib_x``
+    (``weight_split``: synapse kinds given a low-mantissa partner, :func:`export.passes.quantise`)."""
+    return quantise(fold_all(graph), calib_x, weight_split=weight_split)
 
 
 def export_graph(checkpoint: str | Path, calib_data: str | Path, calib_clips: int = 64,
-                 progress: bool = True) -> tuple[Graph, torch.Tensor]:
+                 progress: bool = True, weight_split: Sequence[str] = SPLIT_KINDS) -> tuple[Graph, torch.Tensor]:
     """Load a checkpoint and lower it to a quantised, delay-balanced graph.
 
     Returns ``(graph, calibration clips (N, C, T, V, M))``.
@@ -97,6 +98,6 @@ def export_graph(checkpoint: str | Path, calib_data: str | Path, calib_clips: in
     graph, ckpt = from_checkpoint(checkpoint)
     mods = input_modalities(ckpt["data"])
     x = calibration_clips(calib_data, mods, calib_clips, progress=progress)
-    q = lower(graph, x)
+    q = lower(graph, x, weight_split)
     q.meta["calibration"] = {"clips": int(len(x)), "split": "train", "modality": "+".join(mods)}
     return q, x

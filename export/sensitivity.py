@@ -17,6 +17,7 @@ mode of the same graph), so the comparison is group by group, time step by time 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from mksgn.errors import MksgnError
 from .errors import ExportError
 from .ir import INPUT, Graph
 from .pipeline import calibration_clips, fold_all, graph_input, input_modalities
-from .passes import quantise
+from .passes import SPLIT_KINDS, quantise
 from .twin import run_graph
 
 __all__ = ["predict", "divergence_profile", "perturbation_floor", "verdict", "quant_check",
@@ -202,7 +203,8 @@ def _load_split(data_root, split: str, modalities: list, progress: bool):
 def quant_check(checkpoint: str | Path, data_root: str | Path, split: str = "test",
                 calib_data: str | Path | None = None, calib_clips: int = 64, runs: int = 8,
                 eps: float = DEFAULT_EPS, divergence_clips: int = 16, max_loss: float = 0.5,
-                clips: int | None = None, progress: bool = True) -> dict:
+                clips: int | None = None, progress: bool = True,
+                weight_split: Sequence[str] = SPLIT_KINDS) -> dict:
     """Float vs Loihi-integer top-1 of a checkpoint, the divergence profile and the noise floor.
 
     The checkpoint is lowered exactly as ``mksgn-export`` does (same passes, same
@@ -214,6 +216,7 @@ def quant_check(checkpoint: str | Path, data_root: str | Path, split: str = "tes
     ----------
     clips : int, optional
         Use only the first ``clips`` clips of the split (default: all).
+    weight_split : synapse kinds given a low-mantissa partner (as ``mksgn-export --weight-split``).
     divergence_clips : int
         Clips for :func:`divergence_profile` (records every group; memory ∝ clips).
     runs, eps :
@@ -238,7 +241,7 @@ def quant_check(checkpoint: str | Path, data_root: str | Path, split: str = "tes
     mods = input_modalities(ckpt["data"])
     calib = calibration_clips(calib_data or data_root, mods, calib_clips, progress=progress)
     folded = fold_all(graph)
-    q = quantise(folded, calib)
+    q = quantise(folded, calib, weight_split=weight_split)
     x, y, ds = _load_split(data_root, split, mods, progress)
     if ds.layout.name != ckpt["data"]["layout"]:
         raise ExportError(f"{checkpoint} was trained on layout {ckpt['data']['layout']!r}, but "

@@ -105,7 +105,9 @@ def dense_flops(graph: Graph, shapes: dict) -> dict:
     conv: ``C'·C·kt·T'·V·M``; affine: ``C·T'·V·M``; folded graph: ``(C'·V)·(C·V)·T·M``;
     pool: ``C·T·V·M``; readout: ``classes·C``; attention: ``2·C·V²·T·M``; the first
     layer: its conv MACs once per clip. Zeros and padding included — that is the analytic
-    model's premise.
+    model's premise. Low-mantissa partners of split weights (``meta["split_of"]``,
+    :func:`export.passes.split_residual`) count 0: the analytic model counts the network's
+    operations, the measured events count what the deployment pays for them.
 
     Returns
     -------
@@ -114,6 +116,9 @@ def dense_flops(graph: Graph, shapes: dict) -> dict:
     out = {}
     for s in graph.synapses.values():
         w = np.asarray(s.weight_mant)
+        if s.meta.get("split_of"):
+            out[s.name] = 0.0
+            continue
         if s.sources == (INPUT,):
             M = int(graph.input_shape[3])
             Co, To, V = graph.groups[s.target].shape
