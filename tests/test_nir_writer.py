@@ -36,7 +36,9 @@ def test_base_sgn_round_trip(tmp_path, base_graph):
         for u in s.sources:
             assert ("input" if u == INPUT else u, s.name if s.target != LOGITS else f"{s.name}.flatten") \
                 in _edge_set(back.edges)
-    assert sum(1 for e in back.edges if e[1] == "layers.1.lif") == 2
+    into = [e[0] for e in back.edges if e[1] == "layers.1.lif"]
+    assert sorted(into) == sorted(s.name for s in g.incoming("layers.1.lif"))
+    assert sum(1 for u in into if not g.synapses[u].meta.get("split_of")) == 2  # residual + main path
     for name, node in built.nodes.items():
         rb = back.nodes[name]
         assert type(rb) is type(node), name

@@ -27,12 +27,11 @@ def test_mksgn_meets_the_bar(ucla_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="measured: float 82.76 %, quantised 79.31 % (-3.45 points; "
-                   "mksgn-qcheck verdict 'loss', noise floor 82.52 +- 0.51 %); the 0.5-point bar of "
-                   "issue 5 is not met")
 def test_quantised_mksgn_within_half_a_point(ucla_dir, tmp_path):
     """Issue bar: the Loihi fixed-point MK-SGN (export → integer twin) loses at most 0.5
-    points of top-1 on the 464 NW-UCLA test clips (≈ 8 min on 2 cores)."""
+    points of top-1 on the 464 NW-UCLA test clips (≈ 8 min on 2 cores). Measured with the
+    default weight split: 82.97 % quantised vs 82.76 % float (plain 8-bit weights,
+    ``--no-weight-split``: 79.31 %)."""
     from export.evaluate import evaluate_export
     from export.exporter import run_export
     run_export(MODELS / "mksgn_ucla_joint.pt", "lava", tmp_path / "q", ucla_dir, progress=False)
