@@ -390,7 +390,7 @@ def test_teacher_ensemble_evaluation(teachers, small_ucla, tmp_path):
 
 def test_smf_student_initialised_from_a_single_modality_model(small_ucla):
     """train.init_from a 1-modality MK-SGN: every SMF encoder gets its spiking coding, layers and
-    head keep theirs; with fusion weights (1, 0, 0, 0) the 4-modality model then computes
+    head keep theirs; the fusion weights start at (1, 0, 0, 0), so the 4-modality model computes
     exactly the 1-modality model's logits on the joint modality."""
     from mksgn.checkpoint import load_state
     from mksgn.data import SkeletonDataset
@@ -402,7 +402,7 @@ def test_smf_student_initialised_from_a_single_modality_model(small_ucla):
                optional_prefixes=("sc.estimators.", "sc.fusion_weight"))
     for m in MODALITIES:
         assert torch.equal(smf.sc.encoders[m].conv.weight, single.sc.conv.weight)
-    smf.sc.fusion_weight.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    assert smf.sc.fusion_weight.tolist() == [1.0, 0.0, 0.0, 0.0]  # one-hot on the joint modality
     ds = SkeletonDataset(small_ucla, "test", MODALITIES, train=False)
     batch = {m: torch.stack([ds[i][0][m] for i in range(3)]) for m in MODALITIES}
     with torch.no_grad():
