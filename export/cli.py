@@ -11,6 +11,15 @@ from mksgn.cli.common import run
 from .exporter import TARGETS, run_export
 from .passes import SPLIT_KINDS
 
+#: ``--weight-split/--no-weight-split`` of mksgn-export and mksgn-qcheck (the same lowering);
+#: the callback turns the flag into the synapse kinds :func:`export.passes.quantise` splits.
+_weight_split_option = click.option(
+    "--weight-split/--no-weight-split", default=True, show_default=True,
+    callback=lambda ctx, param, on: SPLIT_KINDS if on else (),
+    help="Give every spike-driven conv/affine/graph/pool synapse group a low-mantissa partner "
+         "(weight_exp - 8) so weights keep ~15 bits: 2x their synaptic events, but the 8-bit "
+         "mantissa alone costs the shipped MK-SGN 3.45 points of top-1.")
+
 
 @click.command(help="Quantise an MK-SGN / Base-SGN* checkpoint to Loihi fixed point (8-bit weight mantissa + "
                     "per-layer weight_exp, 12-bit du/dv, vth in units of 2^6, 24-bit state) with scales "
@@ -26,13 +35,10 @@ from .passes import SPLIT_KINDS
 @click.option("--calib-clips", type=int, default=64, show_default=True,
               help="Number of training clips used for calibration.")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
-@click.option("--weight-split/--no-weight-split", default=True, show_default=True,
-              help="Give every spike-driven conv/affine/graph/pool synapse group a low-mantissa partner "
-                   "(weight_exp - 8) so weights keep ~15 bits: 2x their synaptic events, but the 8-bit "
-                   "mantissa alone costs the shipped MK-SGN 3.45 points of top-1.")
+@_weight_split_option
 def cli(checkpoint, target, out_dir, calib_data, calib_clips, force, weight_split):
     summary = run_export(checkpoint, target, out_dir, calib_data, calib_clips, force,
-                         weight_split=SPLIT_KINDS if weight_split else ())
+                         weight_split=weight_split)
     click.echo(summary.format())
 
 
@@ -64,10 +70,7 @@ main = run(cli)
               help="Write the whole result to this JSON file.")
 @click.option("--plots", "plots_dir", type=click.Path(path_type=Path), default=None,
               help="Write divergence.png and noise_floor.png into this folder.")
-@click.option("--weight-split/--no-weight-split", default=True, show_default=True,
-              help="Give every spike-driven conv/affine/graph/pool synapse group a low-mantissa partner "
-                   "(weight_exp - 8) so weights keep ~15 bits: 2x their synaptic events, but the 8-bit "
-                   "mantissa alone costs the shipped MK-SGN 3.45 points of top-1.")
+@_weight_split_option
 def qcheck(checkpoint, data, split, clips, calib_data, calib_clips, runs, eps, divergence_clips, max_loss,
            json_path, plots_dir, weight_split):
     import json
@@ -77,7 +80,7 @@ def qcheck(checkpoint, data, split, clips, calib_data, calib_clips, runs, eps, d
     from .sensitivity import DEFAULT_EPS, HOT_FACTOR, format_divergence, plot_quant_check, quant_check
     r = quant_check(checkpoint, data, split, calib_data, calib_clips, runs,
                     DEFAULT_EPS if eps is None else eps, divergence_clips, max_loss, clips,
-                    weight_split=SPLIT_KINDS if weight_split else ())
+                    weight_split=weight_split)
     click.echo(f"\nspike divergence, integer vs float network ({r['divergence_clips']} {split} clips):")
     click.echo(format_divergence(r["divergence"]))
     click.echo(f"\n{Path(checkpoint).name} on {r['clips']} {split} clips:")

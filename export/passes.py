@@ -296,10 +296,7 @@ def split_residual(s, w_scaled: np.ndarray) -> list:
         lo.weight = np.zeros_like(np.asarray(s.weight, np.float64))
         lo.bias, lo.bn = None, None
         lo.weight_mant, lo.weight_exp = np.asarray(mant, np.int64), int(exp)
-        lo.meta = {k: v for k, v in s.meta.items() if k == "delays"}
-        if "delays" in lo.meta:
-            lo.meta["delays"] = {u: s.meta["delays"][u]}
-        lo.meta["split_of"] = s.name
+        lo.meta = {"split_of": s.name, **({"delays": {u: s.meta["delays"][u]}} if "delays" in s.meta else {})}
         out.append(lo)
     return out
 

@@ -216,11 +216,11 @@ def quant_check(checkpoint: str | Path, data_root: str | Path, split: str = "tes
     ----------
     clips : int, optional
         Use only the first ``clips`` clips of the split (default: all).
-    weight_split : synapse kinds given a low-mantissa partner (as ``mksgn-export --weight-split``).
     divergence_clips : int
         Clips for :func:`divergence_profile` (records every group; memory ∝ clips).
     runs, eps :
         :func:`perturbation_floor`; ``runs=0`` skips it.
+    weight_split : synapse kinds given a low-mantissa partner (as ``mksgn-export --weight-split``).
 
     Returns
     -------
