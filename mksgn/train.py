@@ -77,6 +77,11 @@ class TrainConfig:
     init_from : str or None
         Start from this checkpoint's weights (fine-tuning; same model config required). A
         relative path is taken from the working directory.
+    trainable : list of str or None
+        Parameter-name prefixes that are trained (e.g. ``["sc."]``: only the spiking coding,
+        to adapt a trained network's encoder to another modality); every other parameter is
+        frozen (``requires_grad`` off, not in the optimiser; BatchNorm running statistics
+        still follow the data, :func:`freeze_except`). None trains all.
 
     Four-modality MK-SGN (``model.fusion = "smf"``; ``modalities`` must then be all four):
 
@@ -91,6 +96,13 @@ class TrainConfig:
         ``momentum`` and no weight decay.
     mine_lr : float
         Its (constant) learning rate.
+    init_encoders : dict modality → str, or None
+        After ``init_from``: the spiking coding ``sc.*`` of each given single-modality MK-SGN
+        checkpoint (trained or encoder-adapted on that modality; its ``data.modalities`` must
+        say so) initialises that modality's encoder ``sc.encoders.<m>.*``.
+    smf_init_weight : list of 4 floats ≥ 0, or None
+        Starting fusion weights (MODALITIES order) instead of the ones of ``init_from``; the
+        running average (``smf_momentum``) then moves them towards eq. 22–23.
 
     Distillation (eq. 25–32; on when ``teachers`` is non-empty, e.g. ``mksgn-train --teacher``):
 
@@ -131,6 +143,9 @@ class TrainConfig:
     eval_every: int = 1
     weight_noise: float = 0.0
     init_from: str | None = None
+    trainable: list | None = None
+    init_encoders: dict | None = None
+    smf_init_weight: list | None = None
     smf_momentum: float = 0.1
     mine_hidden: int = 32
     mine_optimizer: str = "adam"
@@ -175,6 +190,20 @@ class TrainConfig:
                               f"stream {list(MODALITIES)} (got {cfg.kd_alphas!r})")
         if not isinstance(cfg.teachers, list) or not all(isinstance(t, str) for t in cfg.teachers):
             raise ConfigError(f"train.teachers must be a list of checkpoint paths (got {cfg.teachers!r})")
+        if cfg.trainable is not None and (not isinstance(cfg.trainable, list) or not cfg.trainable
+                                          or not all(isinstance(t, str) and t for t in cfg.trainable)):
+            raise ConfigError(f"train.trainable must be a non-empty list of parameter-name prefixes such as "
+                              f'["sc."] (got {cfg.trainable!r})')
+        if cfg.init_encoders is not None and (
+                not isinstance(cfg.init_encoders, dict) or not cfg.init_encoders
+                or not all(m in MODALITIES and isinstance(v, str) for m, v in cfg.init_encoders.items())):
+            raise ConfigError(f"train.init_encoders must map modalities {list(MODALITIES)} to checkpoint "
+                              f"paths (got {cfg.init_encoders!r})")
+        if cfg.smf_init_weight is not None and (
+                not isinstance(cfg.smf_init_weight, list) or len(cfg.smf_init_weight) != len(MODALITIES)
+                or not all(num(w) and w >= 0 for w in cfg.smf_init_weight)):
+            raise ConfigError(f"train.smf_init_weight must be {len(MODALITIES)} numbers >= 0 in the order "
+                              f"{list(MODALITIES)} (got {cfg.smf_init_weight!r})")
         if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
             raise ConfigError("train.epochs and train.batch_size must be ≥ 1 and train.lr > 0")
         if not 0 <= cfg.weight_noise < 1:
@@ -411,6 +440,42 @@ def smf_state_from_single(state_dict: dict, modality: str = "joint") -> dict:
     return out
 
 
+def freeze_except(model: torch.nn.Module, prefixes, keep=()) -> None:
+    """``train.trainable``: switch ``requires_grad`` off for every parameter whose name does not
+    start with one of ``prefixes``, except the parameters in ``keep`` (the SMF's MINE
+    estimators, which have their own loss and optimiser and are never deployed). Frozen BatchNorms stay in train mode (batch statistics;
+    their running statistics follow the new data): holding them in eval mode while dropout is
+    active mis-scales their input — on a real bone batch the loss then rose step after step.
+    Raises ConfigError when no parameter matches (a typo would otherwise train nothing)."""
+    prefixes = tuple(prefixes)
+    keep = {id(p) for p in keep}
+    hit = False
+    for name, p in model.named_parameters():
+        if id(p) not in keep:
+            p.requires_grad_(name.startswith(prefixes))
+            hit |= p.requires_grad
+    if not hit:
+        names = sorted({n.split(".")[0] + "." for n, _ in model.named_parameters()})
+        raise ConfigError(f"train.trainable {list(prefixes)} matches no parameter of the model; "
+                          f"its top-level prefixes are {names}")
+
+
+def load_encoders(model, encoders: dict, log=print) -> None:
+    """``train.init_encoders``: copy the spiking coding ``sc.*`` of each single-modality MK-SGN
+    checkpoint into the SMF encoder of its modality. Raises ConfigError when a checkpoint is
+    an SMF model or was trained on another modality, CheckpointError on a shape mismatch."""
+    for m, path in encoders.items():
+        ck = load_checkpoint(path)
+        mods = ck.get("data", {}).get("modalities") or []
+        if ck.get("config", {}).get("model", {}).get("fusion", "none") != "none" or mods != [m]:
+            raise ConfigError(f"train.init_encoders[{m!r}] = {path}: expected a single-modality MK-SGN "
+                              f"trained on {m!r}, got modalities {mods} "
+                              f"(fusion {ck.get('config', {}).get('model', {}).get('fusion', 'none')!r})")
+        enc = {k[3:]: v for k, v in ck["state_dict"].items() if k.startswith("sc.")}
+        load_state(model.sc.encoders[m], enc, f"{path} (spiking coding)")
+        log(f"encoder {m} initialised from {path}")
+
+
 def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
           epochs: int | None = None, resume: bool = True, threads: int | None = None,
           log=print, modality: str | None = None, teachers=None) -> dict:
@@ -490,7 +555,9 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
                           f"{train_set.layout.name!r}")
     model = build_model(mcfg, with_estimator=smf, smf_momentum=tcfg.smf_momentum,
                         estimator_hidden=tcfg.mine_hidden)
-    net_params = model.network_parameters() if smf else list(model.parameters())
+    if tcfg.trainable:
+        freeze_except(model, tcfg.trainable, model.estimator_parameters() if smf else ())
+    net_params = [p for p in (model.network_parameters() if smf else model.parameters()) if p.requires_grad]
     opt = torch.optim.SGD(net_params, lr=tcfg.lr, momentum=tcfg.momentum,
                           weight_decay=tcfg.weight_decay, nesterov=tcfg.nesterov)
     est_opt = _estimator_optimizer(model.estimator_parameters(), tcfg) if smf else None
@@ -513,6 +580,14 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
                    optional_prefixes=("sc.estimators.", "sc.fusion_weight") if smf else ())
         parent = parent_summary(init, tcfg.init_from)
         log(f"initialised from {tcfg.init_from}")
+    if (tcfg.init_encoders or tcfg.smf_init_weight) and not smf:
+        raise ConfigError(f"{config_path}: train.init_encoders / smf_init_weight need the four-modality "
+                          "model (model.fusion 'smf')")
+    if tcfg.init_encoders:
+        load_encoders(model, tcfg.init_encoders, log)
+    if tcfg.smf_init_weight:
+        with torch.no_grad():
+            model.sc.fusion_weight.copy_(torch.tensor(tcfg.smf_init_weight))
     if resume and last.exists():
         ckpt = load_checkpoint(last)
         if ("ftm_state" in ckpt) != (kd is not None):

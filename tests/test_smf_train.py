@@ -407,3 +407,57 @@ def test_smf_student_initialised_from_a_single_modality_model(small_ucla):
     batch = {m: torch.stack([ds[i][0][m] for i in range(3)]) for m in MODALITIES}
     with torch.no_grad():
         assert torch.allclose(smf(batch), single(batch["joint"]), atol=1e-6)
+
+
+# ---------------------------------------------------------------- staged initialisation
+SINGLE_MODEL = {k: v for k, v in SMF_MODEL.items() if k != "fusion"}
+
+
+def test_encoder_adaptation_trains_only_the_spiking_coding(small_ucla, tmp_path):
+    """train.trainable ["sc."] (configs/mksgn_ucla_encoder_ft.json): a joint model's encoder is
+    adapted to the bone modality; every parameter outside sc.* is bit-identical afterwards, the
+    encoder's changed, and the checkpoint says it is a bone model."""
+    init = save_untrained(tmp_path / "joint.pt", SINGLE_MODEL, "joint", seed=1)
+    cfg = tmp_path / "enc.json"
+    cfg.write_text(json.dumps({"model": SINGLE_MODEL, "train": {
+        **{k: v for k, v in SMF_TRAIN.items() if not k.startswith(("smf_", "mine_"))},
+        "epochs": 1, "modalities": ["joint"], "init_from": str(init), "trainable": ["sc."]}}))
+    train(cfg, small_ucla, tmp_path / "o", log=lambda *a: None, modality="bone")
+    out = load_checkpoint(tmp_path / "o" / "model.pt")
+    before = load_checkpoint(init)["state_dict"]
+    params = dict(build_model(ModelConfig.from_dict(SINGLE_MODEL)).named_parameters())
+    assert out["data"]["modalities"] == ["bone"]
+    changed = {k for k in params if not torch.equal(out["state_dict"][k], before[k])}
+    assert changed and all(k.startswith("sc.") for k in changed), changed
+    assert "sc.conv.weight" in changed
+    cfg.write_text(json.dumps({"model": SINGLE_MODEL, "train": {"trainable": ["encoder."]}}))
+    with pytest.raises(ConfigError, match="matches no parameter"):
+        train(cfg, small_ucla, tmp_path / "o2", log=lambda *a: None)
+
+
+def test_smf_encoders_and_fusion_weights_from_staged_checkpoints(small_ucla, tmp_path):
+    """train.init_encoders: each SMF encoder starts from the spiking coding of the
+    single-modality checkpoint of its modality; train.smf_init_weight sets the starting fusion
+    weights. Trained with only the head free and a negligible running-average momentum, the
+    saved student still has those encoders and weights; a checkpoint of the wrong modality is
+    refused."""
+    joint = save_untrained(tmp_path / "joint.pt", SINGLE_MODEL, "joint", seed=1)
+    enc = {m: save_untrained(tmp_path / f"{m}.pt", SINGLE_MODEL, m, seed=10 + i)
+           for i, m in enumerate(MODALITIES) if m != "joint"}
+    w0 = [0.4, 0.3, 0.2, 0.1]
+    cfg = write_config(tmp_path / "c.json", train={
+        "epochs": 1, "init_from": str(joint), "init_encoders": {m: str(p) for m, p in enc.items()},
+        "smf_init_weight": w0, "smf_momentum": 1e-12, "trainable": ["head."]})
+    train(cfg, small_ucla, tmp_path / "o", log=lambda *a: None)
+    sd = load_checkpoint(tmp_path / "o" / "model.pt")["state_dict"]
+    for m in MODALITIES:
+        src = load_checkpoint(joint if m == "joint" else enc[m])["state_dict"]
+        assert torch.equal(sd[f"sc.encoders.{m}.conv.weight"], src["sc.conv.weight"]), m
+    assert sd["sc.fusion_weight"].tolist() == pytest.approx(w0, abs=1e-6)  # float32 storage
+    bad = write_config(tmp_path / "b.json", train={"init_from": str(joint), "init_encoders": {"bone": str(joint)}})
+    with pytest.raises(ConfigError, match="trained on 'bone'"):
+        train(bad, small_ucla, tmp_path / "o2", log=lambda *a: None)
+    for setting in ({"smf_init_weight": [1, 1, 1]}, {"smf_init_weight": [1, -1, 1, 1]},
+                    {"init_encoders": {"depth": "x.pt"}}, {"trainable": []}):
+        with pytest.raises(ConfigError, match=next(iter(setting))):
+            load_config(write_config(tmp_path / "v.json", train=setting))
