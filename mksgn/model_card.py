@@ -75,6 +75,14 @@ def write_model_card(checkpoint: str | Path, result: dict, path: str | Path) -> 
                      + f"; MINE estimators (LSTM hidden {tr.get('mine_hidden')}, {tr.get('mine_optimizer')} "
                        f"lr {tr.get('mine_lr')}, running-average momentum {tr.get('smf_momentum')}) used in "
                        "training only, not in this file")
+    if tr.get("trainable"):
+        lines.append(f"- only parameters under {tr['trainable']} trained (`train.trainable`), the rest frozen")
+    encs = met.get("init_encoders") or {m: {"checkpoint": p} for m, p in (tr.get("init_encoders") or {}).items()}
+    if encs:
+        lines.append("- encoders initialised (`train.init_encoders`) from single-modality checkpoints: "
+                     + "; ".join(f"{m} `{e['checkpoint']}`" + (f" (test top-1 {e['test_top1']:.2f} %)"
+                                                               if e.get("test_top1") is not None else "")
+                                 for m, e in encs.items()))
     if met.get("teachers"):
         kd = met.get("distillation", {})
         lines.append("- distilled (paper eq. 25–32) from a 4-stream CTR-GCN teacher: "

@@ -460,10 +460,12 @@ def freeze_except(model: torch.nn.Module, prefixes, keep=()) -> None:
                           f"its top-level prefixes are {names}")
 
 
-def load_encoders(model, encoders: dict, log=print) -> None:
+def load_encoders(model, encoders: dict, log=print) -> dict:
     """``train.init_encoders``: copy the spiking coding ``sc.*`` of each single-modality MK-SGN
-    checkpoint into the SMF encoder of its modality. Raises ConfigError when a checkpoint is
-    an SMF model or was trained on another modality, CheckpointError on a shape mismatch."""
+    checkpoint into the SMF encoder of its modality; returns modality → :func:`parent_summary`
+    (kept in the student's metrics for its model card). Raises ConfigError when a checkpoint
+    is an SMF model or was trained on another modality, CheckpointError on a shape mismatch."""
+    parents = {}
     for m, path in encoders.items():
         ck = load_checkpoint(path)
         mods = ck.get("data", {}).get("modalities") or []
@@ -473,7 +475,9 @@ def load_encoders(model, encoders: dict, log=print) -> None:
                               f"(fusion {ck.get('config', {}).get('model', {}).get('fusion', 'none')!r})")
         enc = {k[3:]: v for k, v in ck["state_dict"].items() if k.startswith("sc.")}
         load_state(model.sc.encoders[m], enc, f"{path} (spiking coding)")
+        parents[m] = parent_summary(ck, path)
         log(f"encoder {m} initialised from {path}")
+    return parents
 
 
 def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
@@ -568,7 +572,7 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
                                   weight_decay=tcfg.weight_decay, nesterov=tcfg.nesterov)
     start, history = 0, []
     last = out_dir / "last.pt"
-    parent = None
+    parent, fusion_parents = None, None
     if tcfg.init_from:
         init = load_checkpoint(tcfg.init_from)
         init_sd = init["state_dict"]
@@ -584,7 +588,7 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
         raise ConfigError(f"{config_path}: train.init_encoders / smf_init_weight need the four-modality "
                           "model (model.fusion 'smf')")
     if tcfg.init_encoders:
-        load_encoders(model, tcfg.init_encoders, log)
+        fusion_parents = load_encoders(model, tcfg.init_encoders, log)
     if tcfg.smf_init_weight:
         with torch.no_grad():
             model.sc.fusion_weight.copy_(torch.tensor(tcfg.smf_init_weight))
@@ -608,6 +612,8 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
     log(f"{mcfg.arch}{' + SMF' if smf else ''}: {n_params:,} parameters; {len(train_set)} training / "
         f"{len(test_set)} test clips" + (f"; distilling from {len(kd.teachers)} CTR-GCN streams" if kd else ""))
     fusion_info = {"fusion_modalities": list(MODALITIES)} if smf else {}
+    if fusion_parents:
+        fusion_info["init_encoders"] = fusion_parents
     kd_info = {}
     if kd is not None:
         kd_info = {"teachers": kd.info, "distillation": {

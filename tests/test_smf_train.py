@@ -449,7 +449,10 @@ def test_smf_encoders_and_fusion_weights_from_staged_checkpoints(small_ucla, tmp
         "epochs": 1, "init_from": str(joint), "init_encoders": {m: str(p) for m, p in enc.items()},
         "smf_init_weight": w0, "smf_momentum": 1e-12, "trainable": ["head."]})
     train(cfg, small_ucla, tmp_path / "o", log=lambda *a: None)
-    sd = load_checkpoint(tmp_path / "o" / "model.pt")["state_dict"]
+    out = load_checkpoint(tmp_path / "o" / "model.pt")
+    sd = out["state_dict"]
+    assert {m: e["checkpoint"] for m, e in out["metrics"]["init_encoders"].items()} == \
+        {m: str(p) for m, p in enc.items()}  # provenance for the model card
     for m in MODALITIES:
         src = load_checkpoint(joint if m == "joint" else enc[m])["state_dict"]
         assert torch.equal(sd[f"sc.encoders.{m}.conv.weight"], src["sc.conv.weight"]), m
