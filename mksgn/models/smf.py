@@ -306,7 +306,9 @@ class SMF(nn.Module):
 
     ``fused = Σ_m fusion_weight[m] · s[m]``                                   (eq. 24)
 
-    **Training mode** with the estimators: each forward computes the MI matrix of the batch
+    **Training mode** with the estimators (and the attribute ``estimate`` True, the default;
+    the trainer clears it on the batches ``train.mine_every`` skips): each forward computes
+    the MI matrix of the batch
     (:func:`mi_matrix` on the *detached* spikes, so gradients reach the statistics networks
     only), the batch weights ``W_batch = fusion_weights(max(MI, 0))`` (eq. 22–23, no
     gradient) and updates the running weights (our rule; the paper is silent)::
@@ -372,6 +374,7 @@ class SMF(nn.Module):
         self.register_buffer("fusion_weight", torch.ones(len(MODALITIES)))
         self._last_mi = None
         self.last_batch_weights = None
+        self.estimate = True  # training with estimators: run them on this forward (train.mine_every)
 
     # -- pieces -------------------------------------------------------------------------
     def encode(self, x: Mapping) -> dict:
@@ -431,7 +434,7 @@ class SMF(nn.Module):
         """
         spikes = self.encode(x)
         self._last_mi = None
-        if self.training and self.estimators is not None:
+        if self.training and self.estimators is not None and self.estimate:
             self._last_mi = mi_matrix(self.estimators, {m: s.detach() for m, s in spikes.items()})
             self.update_fusion_weight(self._last_mi)
         return self.fuse(spikes)
