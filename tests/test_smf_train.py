@@ -15,6 +15,7 @@ from mksgn.checkpoint import load_checkpoint, save_checkpoint
 from mksgn.errors import ConfigError
 from mksgn.evaluate import evaluate_ensemble, load_model, load_teachers
 from mksgn.models import MKSGN, ModelConfig, SMFMKSGN, build_model
+from mksgn.models.smf import _weights_defined, fusion_weights
 from mksgn.preprocess import MODALITIES
 from mksgn.train import _Distiller, load_config, train
 
@@ -464,3 +465,26 @@ def test_smf_encoders_and_fusion_weights_from_staged_checkpoints(small_ucla, tmp
                     {"init_encoders": {"depth": "x.pt"}}, {"trainable": []}):
         with pytest.raises(ConfigError, match=next(iter(setting))):
             load_config(write_config(tmp_path / "v.json", train=setting))
+
+
+def test_mine_every_runs_the_estimators_on_every_kth_batch_only(small_ucla, tmp_path):
+    """train.mine_every = 2 with 2 batches per epoch: the statistics networks take one Adam step
+    per epoch (batch 0), not two, and the fusion weights are the last *estimated* batch's
+    eq. 22-23 weights (momentum 1); bad values are refused."""
+    cfg = write_config(tmp_path / "c.json", train={"mine_every": 2})
+    metrics = train(cfg, small_ucla, tmp_path / "o", log=lambda *a: None)
+    last = load_checkpoint(tmp_path / "o" / "last.pt")
+    steps = {int(s["step"]) for s in last["estimator_optimizer"]["state"].values()}
+    assert steps == {2}  # 2 epochs x 1 estimated batch (every batch would give 4)
+    previous = [1.0] * 4  # the buffer's initial value
+    for rec in metrics["history"]:
+        w = list(rec["fusion_weight"].values())
+        mi = torch.tensor(rec["mi"]).clamp(min=0)  # the mean over estimated batches = batch 0's
+        # batch 1 (not estimated) leaves the weights as batch 0 set them (or kept them, where
+        # eq. 22-23 are undefined for an untrained estimator's negative bounds)
+        expected = fusion_weights(mi).tolist() if _weights_defined(mi) else previous
+        assert w == pytest.approx(expected, abs=1e-6)
+        previous = w
+    for bad in (0, 1.5, True, "8"):
+        with pytest.raises(ConfigError, match="mine_every"):
+            load_config(write_config(tmp_path / "v.json", train={"mine_every": bad}))
