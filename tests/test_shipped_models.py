@@ -8,7 +8,7 @@ from mksgn.evaluate import evaluate
 from mksgn.model_card import read_card_top1
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
-SHIPPED = ["mksgn_ucla_joint", "base_sgn_ucla_joint"]
+SHIPPED = ["mksgn_ucla_joint", "base_sgn_ucla_joint", "mksgn_ucla_4modal_kd_interim"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -82,3 +82,21 @@ def test_shipped_teacher_reproduces_card(ucla_dir):
     assert f"ensemble (eq. 25) test top-1: {r['top1']:.2f} %" in card
     for m, s in r["streams"].items():
         assert re.search(rf"\| {m} \| `models/ctrgcn_ucla_{m}.pt` \| {s['top1']:.2f} % \|", card), m
+
+
+def test_interim_four_modality_student_is_frozen_smf_and_labelled_below_the_bar():
+    """The interim four-modality + KD student carries frozen eq. 22-23 fusion weights and no
+    estimator, teacher or FTM parameters, records its four teachers, and its card says it is
+    below issue 4's bar (so nobody mistakes it for ``mksgn_ucla_4modal_kd.pt``)."""
+    import torch
+
+    path = MODELS / "mksgn_ucla_4modal_kd_interim.pt"
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    keys = list(raw["state_dict"])
+    assert "sc.fusion_weight" in keys and not [k for k in keys if "estimator" in k or "ftm" in k.lower()]
+    w = raw["state_dict"]["sc.fusion_weight"]
+    assert w.shape == (4,) and float(w.min()) >= 0 and float(w.max()) <= 1  # eq. 23 range
+    assert sorted(t["modality"] for t in raw["metrics"]["teachers"]) == \
+        ["bone", "bone_motion", "joint", "joint_motion"]
+    top1 = read_card_top1(MODELS / "mksgn_ucla_4modal_kd_interim.md")
+    assert top1 < 85.0 and "below issue 4's bar" in (MODELS / "mksgn_ucla_4modal_kd_interim.md").read_text()
