@@ -182,10 +182,10 @@ class TrainConfig:
 
         if not num(cfg.smf_momentum) or not 0 < cfg.smf_momentum <= 1:
             raise ConfigError(f"train.smf_momentum must be a number in (0, 1] (got {cfg.smf_momentum!r})")
-        if isinstance(cfg.mine_hidden, bool) or not isinstance(cfg.mine_hidden, int) or cfg.mine_hidden < 1:
-            raise ConfigError(f"train.mine_hidden must be an integer >= 1 (got {cfg.mine_hidden!r})")
-        if isinstance(cfg.mine_every, bool) or not isinstance(cfg.mine_every, int) or cfg.mine_every < 1:
-            raise ConfigError(f"train.mine_every must be an integer >= 1 (got {cfg.mine_every!r})")
+        for name in ("mine_hidden", "mine_every"):
+            v = getattr(cfg, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"train.{name} must be an integer >= 1 (got {v!r})")
         if cfg.mine_optimizer not in MINE_OPTIMIZERS:
             raise ConfigError(f"train.mine_optimizer must be one of {list(MINE_OPTIMIZERS)} "
                               f"(got {cfg.mine_optimizer!r})")
@@ -647,7 +647,7 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
         seen = correct = 0
         loss_sum = 0.0
         sums = {}
-        mi_sum, mi_n = None, 0
+        mi_sum, mi_n, est_seen = None, 0, 0
         t0 = time.time()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tcfg.epochs}", unit="batch", leave=False)
         for i, (x, y) in enumerate(bar):
@@ -658,7 +658,7 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
                 for g in ftm_opt.param_groups:
                     g["lr"] = lr * tcfg.kd_ftm_lr / tcfg.lr
             estimate = smf and i % tcfg.mine_every == 0
-            if smf:
+            if smf:  # SMF.forward runs the estimators only on these batches
                 model.sc.estimate = estimate
             clean = _perturb_weights(model, tcfg.weight_noise, model.sc.estimators if smf else None)
             x_in = model_input(x, student_mods, mcfg.fusion)
@@ -684,6 +684,7 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
                 sums["estimator"] = sums.get("estimator", 0.0) + est_loss.item() * len(y)
                 mi = model.sc.last_mi.detach()
                 mi_sum, mi_n = (mi if mi_sum is None else mi_sum + mi), mi_n + 1
+                est_seen += len(y)
             _restore_weights(clean)
             opt.step()
             if ftm_opt is not None:
@@ -700,7 +701,7 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
         if kd is not None:
             rec.update({f"loss_{k}": sums[k] / seen for k in ("hard", "soft", "feature", "feature_1", "feature_2")})
         if smf:
-            rec["estimator_loss"] = sums["estimator"] / (mi_n * tcfg.batch_size)
+            rec["estimator_loss"] = sums["estimator"] / est_seen  # over the estimated batches
             rec["mi"] = (mi_sum / mi_n).tolist()
             rec["fusion_weight"] = dict(zip(MODALITIES, model.fusion_weight.tolist()))
         if (epoch + 1) % tcfg.eval_every == 0 or epoch + 1 == tcfg.epochs:
