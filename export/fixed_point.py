@@ -85,7 +85,7 @@ __all__ = [
     "V_MIN", "V_MAX", "DS_OFFSET", "DM_OFFSET", "WEIGHT_BITS", "MAX_WEIGHT_BITS",
     "DECAY_BITS", "DU_MAX", "DV_MAX", "A_IN_BITS", "A_IN_MIN", "A_IN_MAX", "VTH_BITS", "VTH_MAX",
     "BIAS_MANT_BITS", "BIAS_MANT_MIN", "BIAS_MANT_MAX", "BIAS_EXP_BITS", "BIAS_EXP_MAX",
-    "WEIGHT_EXP_MIN", "WEIGHT_EXP_MAX", "CONV_OUT_BITS",
+    "WEIGHT_EXP_MIN", "WEIGHT_EXP_MAX", "CONV_OUT_BITS", "MAX_DELAY",
     "MIXED", "EXCITATORY", "INHIBITORY",
     "shift_left", "shift_right_floor", "shift_by_exp", "shift_exp", "wrap_signed", "wrap_int32",
     "decay", "wrap_u", "clip_v", "effective_bias", "effective_threshold",
@@ -141,6 +141,8 @@ WEIGHT_EXP_MIN = -8
 WEIGHT_EXP_MAX = 7
 #: PyConvModelFixed wraps its output modulo 2^24.
 CONV_OUT_BITS = 24
+#: Largest synaptic delay (steps) a Loihi 2 synapse holds (6-bit delay field).
+MAX_DELAY = 63
 
 #: Sign modes (same names as ``lava.utils.weightutils.SignMode``).
 MIXED = "MIXED"

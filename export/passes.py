@@ -13,6 +13,7 @@ import numpy as np
 
 from .errors import ExportError
 from .ir import INPUT, LOGITS, Graph
+from .mapping import attention_order, hop_latency
 
 __all__ = ["fold_bn", "fold_graph", "fold_fusion", "balance_delays", "quantise", "split_residual",
            "spike_exact_rounding", "SPLIT_KINDS"]
@@ -156,24 +157,37 @@ def fold_fusion(graph: Graph) -> Graph:
 def balance_delays(graph: Graph) -> Graph:
     """Delay-balance the graph for Lava, where every synapse hop costs one time step.
 
-    ``latency(G) = max over incoming synapses s, sources u of (latency(u) + 1)`` with the
-    host input at latency 0. Each (synapse, source) connection gets
-    ``delay = latency(target) − 1 − latency(source)`` extra steps, so every input of a
-    neuron — including the several spike trains summed by a residual connection and the
-    Q, K, V of the attention — arrives in the same step. The readout's latency is recorded
-    in ``meta["readout_latency"]``. Sets ``NeuronGroup.latency`` and
-    ``Synapse.meta["delays"]`` (source → steps).
+    The hops of each (synapse, source) connection come from the one mapping rule,
+    :func:`export.mapping.hop_latency` (1 for most synapses, 2 for a shared conv with a
+    negative ``weight_exp``, 4/4/2 for the attention's Q/K/V in the ``qk`` order). Then
+    ``latency(G) = max over incoming synapses s, sources u of (latency(u) + hops(s, u))``
+    with the host input at latency 0, and each connection gets
+    ``delay = latency(target) − hops(s, u) − latency(source)`` extra steps, so every input of
+    a neuron — the several spike trains summed by a residual connection and the Q, K, V of
+    the attention — arrives in the same step. The readout's latency is recorded in
+    ``meta["readout_latency"]``. Sets ``NeuronGroup.latency``, ``Synapse.meta["delays"]``
+    (source → steps) and, for attention, ``Synapse.meta["attention_order"]``
+    (:func:`export.mapping.attention_order` of the source's channels and joints).
     """
     g = graph.copy()
+    for s in g.synapses.values():
+        if s.kind == "attention" and not s.meta.get("attention_order"):
+            C, _, V = g.groups[s.sources[0]].shape
+            s.meta["attention_order"] = attention_order(int(C), int(V))
     lat = {INPUT: 0}
+
+    def hops(s, u):
+        return hop_latency(s, u)
+
     for name in g.groups:
         ins = g.incoming(name)
-        lat[name] = max(lat[u] + 1 for s in ins for u in s.sources)
+        lat[name] = max(lat[u] + hops(s, u) for s in ins for u in s.sources)
         g.groups[name].latency = lat[name]
+    readout = max(lat[u] + hops(s, u) for s in g.incoming(LOGITS) for u in s.sources)
     for s in g.synapses.values():
-        target_lat = lat[s.target] if s.target != LOGITS else max(lat[u] for u in s.sources) + 1
-        s.meta["delays"] = {u: target_lat - 1 - lat[u] for u in s.sources}
-    g.meta["readout_latency"] = max(lat[u] for s in g.incoming(LOGITS) for u in s.sources) + 1
+        target_lat = lat[s.target] if s.target != LOGITS else readout
+        s.meta["delays"] = {u: target_lat - hops(s, u) - lat[u] for u in s.sources}
+    g.meta["readout_latency"] = readout
     g.meta["latency"] = {n: grp.latency for n, grp in g.groups.items()}
     return g
 

@@ -81,8 +81,10 @@ def fold_all(graph: Graph) -> Graph:
 
 def lower(graph: Graph, calib_x: torch.Tensor, weight_split: Sequence[str] = SPLIT_KINDS) -> Graph:
     """All passes in order: :func:`fold_all`, then quantise with calibration clips ``calib_x``
-    (``weight_split``: synapse kinds given a low-mantissa partner, :func:`export.passes.quantise`)."""
-    return quantise(fold_all(graph), calib_x, weight_split=weight_split)
+    (``weight_split``: synapse kinds given a low-mantissa partner, :func:`export.passes.quantise`),
+    then balance the delays again: the Lava mapping of a synapse (and so its hops) depends on
+    its quantised ``weight_exp`` (:func:`export.mapping.hop_latency`)."""
+    return balance_delays(quantise(fold_all(graph), calib_x, weight_split=weight_split))
 
 
 def export_graph(checkpoint: str | Path, calib_data: str | Path, calib_clips: int = 64,

@@ -21,7 +21,7 @@ from . import fixed_point as fx
 from .errors import ExportError
 from .ir import INPUT, LOGITS, Graph, Synapse
 
-__all__ = ["run_graph", "RunResult", "synapse_op", "quantise_input"]
+__all__ = ["run_graph", "RunResult", "synapse_op", "attention_op", "quantise_input"]
 
 
 @dataclass
@@ -37,6 +37,8 @@ class RunResult:
         Recorded groups only (``record``); ``u``/``v``/``a_in`` in integer mode only
         (float mode records ``v`` as the float membrane).
     spike_counts : dict name → int, total spikes of every group over the batch.
+    attention_mid : dict attention synapse → Tensor ``(T_s, B, T, ·, ·)`` — integer mode,
+        ``record=True``: the middle product of :func:`attention_op` at every step.
     saturation : dict name → dict of counts (``v`` clipped at ±(2²³−1), ``u`` wrapped at
         24 bits) — integer mode.
     """
@@ -49,6 +51,7 @@ class RunResult:
     spike_counts: dict = field(default_factory=dict)
     saturation: dict = field(default_factory=dict)
     currents_absmax: dict = field(default_factory=dict)
+    attention_mid: dict = field(default_factory=dict)
 
 
 def quantise_input(x: torch.Tensor, frac_bits: int) -> torch.Tensor:
@@ -85,8 +88,7 @@ def synapse_op(s: Synapse, xs: list, weight: np.ndarray | torch.Tensor, num_bodi
     """
     w = torch.as_tensor(np.asarray(weight), dtype=torch.float64)
     if s.kind == "attention":
-        q, k, v = (z.permute(0, 2, 3, 1) for z in xs)  # (B, T, V, C)
-        return ((q @ k.transpose(-1, -2)) @ v).permute(0, 3, 1, 2) * w
+        return attention_op(s, xs, w)[0]
     x = xs[0]
     for extra in xs[1:]:
         x = x + extra
@@ -109,6 +111,30 @@ def synapse_op(s: Synapse, xs: list, weight: np.ndarray | torch.Tensor, num_bodi
     if s.kind == "readout":
         return x.flatten(1) @ w.T
     raise ExportError(f"{s.name}: unknown synapse kind {s.kind}")
+
+
+def attention_op(s: Synapse, xs: list, w) -> tuple:
+    """SG-SA ``(Q Kᵀ V) · w`` (paper eq. 8–10) in the product order of the Lava mapping
+    (``s.meta["attention_order"]``, :func:`export.mapping.attention_order`; ``qk`` when unset).
+
+    Parameters
+    ----------
+    xs : ``[Q, K, V]`` Tensors ``(B, C, T, V)``
+    w : the scale (float) or its mantissa (integer mode)
+
+    Returns
+    -------
+    ``(out (B, C, T, V), middle)`` — the middle product the mapping's graded population holds:
+    ``A = Q Kᵀ`` ``(B, T, V, V)`` for ``qk``, ``B = Kᵀ V`` ``(B, T, C, C)`` for ``kv``.
+    """
+    q, k, v = (z.permute(0, 2, 3, 1) for z in xs)  # (B, T, V, C)
+    if s.meta.get("attention_order", "qk") == "kv":
+        mid = k.transpose(-1, -2) @ v  # (B, T, C, C)
+        out = q @ mid
+    else:
+        mid = q @ k.transpose(-1, -2)  # (B, T, V, V)
+        out = mid @ v
+    return out.permute(0, 3, 1, 2) * w, mid
 
 
 def _float_post(s: Synapse, y: torch.Tensor) -> torch.Tensor:
@@ -179,7 +205,11 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
                     y = const[s.name]
                 else:
                     xs = [xin] if s.sources == (INPUT,) else [spikes[u] for u in s.sources]
-                    if integer:
+                    if integer and s.kind == "attention" and record is True:
+                        y, mid = attention_op(s, xs, torch.as_tensor(np.asarray(s.weight_mant), dtype=torch.float64))
+                        y = fx.shift_exp(y, s.weight_exp)
+                        result.attention_mid.setdefault(s.name, []).append(mid)
+                    elif integer:
                         y = fx.shift_exp(synapse_op(s, xs, s.weight_mant, M), s.weight_exp)
                     else:
                         y = _float_post(s, synapse_op(s, xs, s.weight, M))
@@ -229,7 +259,7 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
                 y = _float_post(s, synapse_op(s, xs, s.weight, M))
             logits = logits + y
     result.logits = logits if integer else logits / steps
-    for d in (result.spikes, result.u, result.v, result.a_in):
+    for d in (result.spikes, result.u, result.v, result.a_in, result.attention_mid):
         for k in list(d):
             d[k] = torch.stack(d[k])
     return result

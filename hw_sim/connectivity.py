@@ -1,13 +1,19 @@
-"""Integer synapse matrices of an exported graph, as Lava's ``Sparse`` / ``Dense`` processes take
-them, and the per-neuron fan-out that event counting needs.
+"""Integer connectivity of an exported graph as lava-nc processes take it, and the per-neuron
+fan-out that event counting needs.
 
-Lava's ``Conv`` process does not fit: its fixed-point model (``lava/proc/conv/models.py``,
-``PyConvModelFixed``) never reads ``weight_exp`` or ``num_weight_bits`` (see
-:func:`export.fixed_point.conv_wrap`). Every static synapse group of the IR (temporal conv,
-per-channel affine, folded graph conv, global pool, readout) is therefore unrolled here into
-one CSR matrix ``(n_target, n_source)`` per (synapse, source) pair, on the same integer
-``weight_mant`` the twin uses; only non-zero weights are stored, so a column's entries are
-exactly the synapses a spike of that neuron drives.
+* Shared (:func:`conv_params`): temporal convs and folded graph convs become lava's ``Conv``
+  (weight stored once, see :mod:`export.mapping`); its fixed-point model
+  (``lava/proc/conv/models.py::PyConvModelFixed``) never reads ``weight_exp``, so a
+  non-negative exponent is folded into the weights (``w·2^e``: the shift distributes over
+  the sum exactly) and a negative one is applied by a flooring one-to-one ``Sparse`` behind a
+  graded relay (:func:`export.mapping.hop_latency` counts that hop). The ``Conv`` input and
+  output are the populations seen through transposing virtual ports
+  (:func:`conv_views`).
+* Unrolled (:func:`synapse_matrix`): one CSR matrix ``(n_target, n_source)`` per (synapse,
+  source) pair for the per-channel affine, the pool, the readout and the first layer (from
+  the quantised coordinates), on the same integer ``weight_mant`` the twin uses; only
+  non-zero weights are stored, so a column's entries are exactly the synapses a spike of
+  that neuron drives.
 
 Neuron order inside a population is C-order over ``(M, C, T, V)`` (bodies, channels, frames,
 joints) for per-body groups and ``(C, 1, 1)`` for groups behind the global pool, which is
@@ -22,7 +28,8 @@ from export.ir import INPUT, Graph, Synapse
 
 from .errors import SimError
 
-__all__ = ["per_clip_groups", "population_shape", "synapse_matrix", "fan_out", "static_connections"]
+__all__ = ["per_clip_groups", "population_shape", "synapse_matrix", "fan_out", "static_connections",
+           "conv_params", "conv_views", "shared_fan_out", "unrolled_synapses"]
 
 
 def per_clip_groups(graph: Graph) -> set:
@@ -37,7 +44,11 @@ def per_clip_groups(graph: Graph) -> set:
 
 
 def population_shape(graph: Graph, name: str, per_clip: set | None = None) -> tuple:
-    """``(M, C, T, V)`` of one clip's population of group ``name`` (M = 1 behind the pool)."""
+    """``(M, C, T, V)`` of one clip's population of group ``name`` (M = 1 behind the pool);
+    for ``INPUT`` the quantised coordinates ``(M, C, T, V)``."""
+    if name == INPUT:
+        C, T, V, M = (int(x) for x in graph.input_shape)
+        return (M, C, T, V)
     per_clip = per_clip_groups(graph) if per_clip is None else per_clip
     m = 1 if name in per_clip else int(graph.input_shape[3])
     return (m,) + tuple(int(x) for x in graph.groups[name].shape)
@@ -72,7 +83,7 @@ def synapse_matrix(graph: Graph, s: Synapse, source: str, per_clip: set | None =
     SimError
         Attention, input conv or an unfolded graph conv (no static matrix).
     """
-    if s.kind in ("attention", "input_conv") or s.adjacency is not None:
+    if s.kind == "attention" or s.adjacency is not None:
         raise SimError(f"synapse {s.name} ({s.kind}) has no static weight matrix")
     if s.weight_mant is None:
         raise SimError(f"synapse {s.name} is not quantised; export the checkpoint first")
@@ -93,7 +104,7 @@ def synapse_matrix(graph: Graph, s: Synapse, source: str, per_clip: set | None =
     if s.kind == "affine":
         sub = src[:, :, :: s.stride]
         return _coo(tgt, sub, np.broadcast_to(w[None, :, None, None], tgt.shape), shape)
-    if s.kind == "conv":
+    if s.kind in ("conv", "input_conv"):
         rows, cols, vals = [], [], []
         kt = w.shape[2]
         for k in range(kt):
@@ -127,10 +138,105 @@ def fan_out(mat: sparse.csr_matrix) -> np.ndarray:
 
 
 def static_connections(graph: Graph):
-    """Yield ``(synapse, source)`` for every static (Lava ``Sparse``/``Dense``) connection."""
+    """Yield ``(synapse, source)`` for every static connection (all but attention; the first
+    layer's source is ``INPUT``)."""
     for s in graph.synapses.values():
-        if s.kind in ("attention", "input_conv"):
+        if s.kind == "attention":
             continue
         for u in s.sources:
             yield s, u
+
+
+def conv_params(graph: Graph, s: Synapse, shift: int = 0) -> dict:
+    """Arguments of lava's ``Conv`` for a shared synapse (``conv`` or folded ``graph``).
+
+    The weight is ``weight_mant · 2^shift`` (``shift = weight_exp ≥ 0``, or 0 when a flooring
+    ``Sparse`` applies a negative exponent), laid out ``(C', kx, ky, C)`` and flipped along
+    the kernel axes (lava's ``Conv`` convolves, the IR correlates). Input/output shapes are
+    those of :func:`conv_views`.
+
+    Returns dict ``weight``, ``input_shape``, ``padding``, ``stride``.
+
+    Raises
+    ------
+    SimError
+        Unquantised synapse, an unsupported kind, or a weight that does not fit int32.
+    """
+    if s.weight_mant is None:
+        raise SimError(f"synapse {s.name} is not quantised; export the checkpoint first")
+    w = np.asarray(s.weight_mant, dtype=np.int64) << int(shift)
+    if np.abs(w).max(initial=0) >= 2 ** 31:
+        raise SimError(f"synapse {s.name}: weight << {shift} does not fit int32")
+    M, C, T, V = population_shape(graph, s.sources[0])
+    if s.kind == "conv":
+        weight = w[:, :, ::-1, :].transpose(0, 2, 3, 1)  # (C', kt, 1, C), flipped
+        return {"weight": np.ascontiguousarray(weight).astype(np.int32), "input_shape": (T, M * V, C),
+                "padding": (int(s.padding), 0), "stride": (int(s.stride), 1)}
+    if s.kind == "graph" and s.adjacency is None:
+        Co = w.shape[0] // V
+        weight = w.reshape(Co * V, 1, 1, C * V)
+        return {"weight": np.ascontiguousarray(weight).astype(np.int32), "input_shape": (T, M, C * V),
+                "padding": (0, 0), "stride": (1, 1)}
+    raise SimError(f"synapse {s.name} ({s.kind}) has no shared (Conv) mapping")
+
+
+def conv_views(s: Synapse, src_port, src_shape: tuple, tgt_shape: tuple):
+    """The virtual ports that let a ``Conv`` read and write populations in the IR order.
+
+    ``src_port`` is the source population's OutPort (flat, C-order of ``src_shape = (M, C, T,
+    V)``). Returns ``(input view, output view)``: the input view has the ``Conv``'s
+    ``(X, Y, C)`` shape — ``(T, M·V, C)`` for a temporal conv, ``(T, M, C·V)`` for a graph
+    conv — and ``output view(conv.a_out)`` is a flat port in the target's ``tgt_shape =
+    (M, C', T', V)`` order. Lava's ``reshape``/``transpose`` virtual ports only permute the
+    vector: no arithmetic.
+    """
+    M, C, T, V = src_shape
+    Mo, Co, To, Vo = tgt_shape
+    flat = Mo * Co * To * Vo
+    if s.kind == "conv":
+        view = src_port.reshape((M, C, T, V)).transpose((2, 0, 3, 1)).reshape((T, M * V, C))
+
+        def out(port):
+            return port.reshape((To, Mo, Vo, Co)).transpose((1, 3, 0, 2)).reshape((flat,))
+    else:
+        view = src_port.reshape((M, C, T, V)).transpose((2, 0, 1, 3)).reshape((T, M, C * V))
+
+        def out(port):
+            return port.reshape((To, Mo, Co, Vo)).transpose((1, 2, 0, 3)).reshape((flat,))
+    return view, out
+
+
+def shared_fan_out(graph: Graph, s: Synapse, source: str, per_clip: set | None = None) -> np.ndarray:
+    """Non-zero synapses driven by each source neuron of a shared (``Conv``) synapse, without
+    unrolling it: ``(n_source,)`` int64 in the source's ``(M, C, T, V)`` order.
+
+    Temporal conv: a spike of channel ``c`` at frame ``t`` drives, for every tap ``k`` whose
+    output frame ``o = (t + pad − k) / stride`` is whole and in range, the non-zero
+    ``w[:, c, k]``. Folded graph conv: a spike of ``(c, v)`` drives the non-zero entries of
+    column ``c·V + v`` at its own frame. Equals :func:`fan_out` of :func:`synapse_matrix`
+    (tested).
+    """
+    per_clip = per_clip_groups(graph) if per_clip is None else per_clip
+    M, C, T, V = population_shape(graph, source, per_clip)
+    w = np.asarray(s.weight_mant)
+    if s.kind == "conv":
+        To = graph.groups[s.target].shape[1]
+        nz = (w[:, :, :, 0] != 0).sum(axis=0)  # (C, kt)
+        per = np.zeros((C, T), dtype=np.int64)
+        for k in range(w.shape[2]):
+            num = np.arange(T) + s.padding - k
+            ok = (num % s.stride == 0) & (num >= 0) & (num // s.stride < To)
+            per[:, ok] += nz[:, k:k + 1]
+        return np.broadcast_to(per[None, :, :, None], (M, C, T, V)).ravel().astype(np.int64)
+    if s.kind == "graph":
+        per = (w != 0).sum(axis=0).reshape(C, V)
+        return np.broadcast_to(per[None, :, None, :], (M, C, T, V)).ravel().astype(np.int64)
+    raise SimError(f"synapse {s.name} ({s.kind}) has no shared (Conv) mapping")
+
+
+def unrolled_synapses(graph: Graph, s: Synapse, source: str, per_clip: set | None = None) -> int:
+    """Non-zero synapses of one (synapse, source) connection if it were unrolled per clip."""
+    if s.kind in ("conv", "graph") and s.adjacency is None:
+        return int(shared_fan_out(graph, s, source, per_clip).sum())
+    return int(synapse_matrix(graph, s, source, per_clip).nnz)
 

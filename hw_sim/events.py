@@ -3,16 +3,17 @@ measured vs analytic energy per clip.
 
 Two independent counts per synapse and clip:
 
-* :func:`lava_events` — from the spikes Lava emitted and the fan-out of the CSR matrices Lava
-  was given (:func:`hw_sim.connectivity.fan_out`, computed once at build):
-  ``events = Σ_t spikes_t · fan_out`` (each spike × its non-zero fan-out), attention from
-  the Q/K/V spikes by :func:`attention_events`;
+* :func:`lava_events` — from the spikes and graded messages Lava sent (group probes, and
+  count / value probes on relays and the attention's products and middle population) and
+  the fan-out of the connectivity Lava was given (computed once at build):
+  ``events = Σ_t messages_t · fan_out``;
 * :func:`twin_events` — from the twin's spike tensors through the twin's own synapse op with
   the 0/1 mask of the non-zero weights (``synapse_op(s, spikes, weight_mant ≠ 0)``), i.e.
   without the matrices; attention by matrix products of the spike tensors.
 
-Attention (``(Q Kᵀ) V`` per frame) is counted as the non-zero terms of both products:
-``Σ_c q[c,u]·k[c,w]`` over (u, w, c) plus ``[A[u,w] ≠ 0]·v[c,w]`` over (u, w, c).
+Attention is counted hop by hop as the stock mapping sends its messages
+(:func:`attention_events`); a shared conv with a negative exponent adds the messages of its
+relay (:mod:`export.mapping`).
 
 Energy (paper eq. 34–37 with the constants of :mod:`mksgn.energy`):
 measured ``E = E_MAC · MACs(first layer) + E_AC · events``; analytic
@@ -25,49 +26,68 @@ from __future__ import annotations
 import numpy as np
 
 from export.ir import INPUT, Graph
+from export.mapping import synapse_mapping
 from export.twin import synapse_op
 
 
 __all__ = ["attention_events", "lava_events", "twin_events", "dense_flops", "firing_rates"]
 
 
-def attention_events(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> int:
-    """Non-zero terms of ``(Q Kᵀ) V`` per frame; inputs ``(steps, M, C, T, V)`` 0/1 arrays."""
+def attention_events(order: str, q: np.ndarray, k: np.ndarray, v: np.ndarray, weight_nonzero: bool = True) -> int:
+    """Synaptic events of one SG-SA block in the stock mapping (:mod:`hw_sim.attention`), from
+    its spikes ``(steps, M, C, T, V)`` (0/1), summed over its four hops.
+
+    ``qk``: Q and K fan out to ``V`` products each (``(Σq + Σk)·V``), every non-zero product
+    ``q[c,u]·k[c,w]`` sends one message (``Σ A``), every non-zero ``A[u,w]`` fans out to ``C``
+    products and every V spike to ``V`` (``nnz(A)·C + Σv·V``), every non-zero ``A[u,w]·v[c,w]``
+    sends one message. ``kv`` is the mirror image with ``B = Kᵀ V``.
+    """
     q, k, v = (np.asarray(a, dtype=np.int64) for a in (q, k, v))
-    qk = np.einsum("smctu,smctw->smtuw", q, k)  # A[u, w] per step, body, frame
-    first = int(qk.sum())
-    second = int(np.einsum("smtuw,smctw->", (qk != 0).astype(np.int64), v))
-    return first + second
+    C, V = q.shape[2], q.shape[4]
+    if order == "qk":
+        mid = np.einsum("smctu,smctw->smtuw", q, k)
+        nz = (mid != 0).astype(np.int64)
+        last = int(np.einsum("smtuw,smctw->", nz, v))
+        return int((q.sum() + k.sum()) * V + mid.sum() + nz.sum() * C + v.sum() * V + last * weight_nonzero)
+    mid = np.einsum("smatw,smbtw->smtab", k, v)  # B[c1, c2]
+    nz = (mid != 0).astype(np.int64)
+    last = int(np.einsum("smtab,smatu->", nz, q))
+    return int((k.sum() + v.sum()) * C + mid.sum() + nz.sum() * V + q.sum() * C + last * weight_nonzero)
 
 
-def lava_events(graph: Graph, fan_outs: dict, spikes: dict, shapes: dict) -> dict:
-    """Synaptic events per synapse for one clip, from Lava's spikes and matrices' fan-out.
+def lava_events(event_terms: list, spikes: dict, aux: dict) -> tuple:
+    """Synaptic events of one clip, from what Lava sent and the connectivity Lava was given.
 
     Parameters
     ----------
-    fan_outs : dict (synapse, source) → non-zero synapses per source neuron ``(n_source,)``
+    event_terms : list — :attr:`hw_sim.network.LavaNetwork.event_terms`
     spikes : dict group → int array ``(T_s, n)`` (Lava-probed)
-    shapes : dict group → ``(M, C, T, V)``
+    aux : dict probe label → counts ``(T_s,)`` or graded values ``(T_s, n)`` (Lava-probed)
 
     Returns
     -------
-    dict synapse name → int
+    ``(per synapse, per hop)`` — dicts synapse name → int and ``"synapse/hop"`` → int
     """
-    out = {}
-    for s in graph.synapses.values():
-        if s.sources == (INPUT,):
-            continue
-        if s.kind == "attention":
-            q, k, v = (spikes[u].reshape((-1,) + tuple(shapes[u])) for u in s.sources)
-            out[s.name] = attention_events(q, k, v)
-            continue
-        out[s.name] = int(sum(int(spikes[u].sum(axis=0) @ fan_outs[(s.name, u)]) for u in s.sources))
-    return out
+    per_syn, per_hop = {}, {}
+    for term in event_terms:
+        kind, key = term["trace"]
+        a = spikes[key] if kind == "spikes" else aux[key]
+        fo = term["fan_out"]
+        if a.ndim == 1:  # a count probe: messages per step, one synapse each
+            ev = int(a.sum()) * int(fo)
+        elif np.ndim(fo) == 0:
+            ev = int((a != 0).sum()) * int(fo)
+        else:
+            ev = int((a != 0).sum(axis=0).astype(np.int64) @ fo)
+        per_syn[term["synapse"]] = per_syn.get(term["synapse"], 0) + ev
+        hop = f"{term['synapse']}/{term['hop']}"
+        per_hop[hop] = per_hop.get(hop, 0) + ev
+    return per_syn, per_hop
 
 
 def twin_events(graph: Graph, spikes: dict, num_bodies: int) -> dict:
     """Synaptic events per synapse for one clip, from the twin's spikes (independent of the
-    CSR matrices).
+    Lava connectivity).
 
     Parameters
     ----------
@@ -77,17 +97,18 @@ def twin_events(graph: Graph, spikes: dict, num_bodies: int) -> dict:
 
     Returns
     -------
-    dict synapse name → int
+    dict synapse name → int. A shared conv with a negative ``weight_exp``
+    (:func:`export.mapping.synapse_mapping` ``conv+floor``) adds one event per non-zero sum
+    its relay forwards to the flooring synapse.
     """
     out = {}
     for s in graph.synapses.values():
         if s.sources == (INPUT,):
             continue
         if s.kind == "attention":
-            q, k, v = (spikes[u].double().permute(0, 1, 3, 2, 4) for u in s.sources)  # (S, B, T, C, V)
-            a = q.transpose(-1, -2) @ k  # (S, B, T, V, V)
-            second = (a != 0).double() @ v.transpose(-1, -2)  # (S, B, T, V, C)
-            out[s.name] = int(a.sum()) + int(second.sum())
+            q, k, v = (spikes[u].numpy() for u in s.sources)
+            out[s.name] = attention_events(s.meta["attention_order"], q, k, v,
+                                           bool(np.asarray(s.weight_mant) != 0))
             continue
         mask = (np.asarray(s.weight_mant) != 0).astype(np.float64)
         total = 0.0
@@ -95,6 +116,8 @@ def twin_events(graph: Graph, spikes: dict, num_bodies: int) -> dict:
             sp = spikes[u].double()
             for t in range(sp.shape[0]):
                 total += float(synapse_op(s, [sp[t]], mask, num_bodies).sum())
+                if synapse_mapping(s) == "conv+floor":
+                    total += float((synapse_op(s, [sp[t]], s.weight_mant, num_bodies) != 0).sum())
         out[s.name] = int(round(total))
     return out
 

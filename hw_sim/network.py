@@ -1,29 +1,37 @@
 """Build a Lava process graph from an exported :class:`~export.ir.Graph` and stream clips
 through it under ``Loihi2SimCfg(select_tag="fixed_pt")``.
 
-Mapping (lava-nc 0.10 processes unless marked *own*):
+Mapping (the rule, with the hops each costs, is :mod:`export.mapping`):
 
-==========================  ===========================================================
-IR                          Lava
-==========================  ===========================================================
-neuron group                ``LIFReset`` (du, dv, vth, per-neuron bias_mant/bias_exp;
-                            ``reset_interval = T_s``, ``reset_offset = latency``)
-host-side first layer       *own* :class:`~hw_sim.processes.GradedInput` (integer currents)
-conv / affine / graph /     ``Sparse``, one per (synapse, source), several into one
-pool                        ``a_in`` sum; balancing delay: *own* ``SpikeDelay`` in front
-                            (= ``DelaySparse``, see :mod:`hw_sim.processes` for why)
-readout FC                  ``Dense`` → *own* :class:`~hw_sim.processes.Readout`
-attention                   *own* :class:`~hw_sim.processes.SpikeAttention`
-recording                   *own* :class:`~hw_sim.processes.GroupProbe` per group
-==========================  ===========================================================
+=========================  ====================================================  =============
+IR                         Lava process(es)                                       stock / own
+=========================  ====================================================  =============
+neuron group               ``LIFReset`` (du, dv, vth, per-neuron bias;           stock
+                           ``reset_interval = T_s``, ``reset_offset = latency``)
+first layer                ``RingBuffer`` of quantised coordinates → ``Sparse``  stock
+                           (graded messages, ``weight_exp``)
+temporal / graph conv      ``Conv`` (weight stored once; transposing virtual     stock (fast
+                           ports); ``weight_exp < 0``: ``Conv`` → ``GradedVec``  model: own
+                           relay → flooring one-to-one ``Sparse``                stand-in)
+affine / pool              ``Sparse``, one per (synapse, source)                 stock
+attention (SG-SA)          ``Sparse`` → ``ProdNeuron`` → ``Sparse`` →            stock
+                           ``GradedVec`` → ``Sparse`` → ``ProdNeuron`` →
+                           ``Sparse`` (:mod:`hw_sim.attention`)
+readout FC                 ``Dense`` → non-spiking ``LIFReset`` (du 4095, dv 0,  stock
+                           bias ``64·b``, vth out of reach); logits = ``v >> 6``
+                           at each clip's last step
+balancing delay            ``SpikeDelay`` in front of the synapse                own (= ``DelaySparse``)
+recording                  ``GroupProbe``, ``ValueProbe``, ``CountProbe``        own (instruments)
+=========================  ====================================================  =============
 
-Streaming ("compile once, stream clips"): clip ``k`` enters at Lava steps
+Streaming ("compile once, stream clips"): the ``RingBuffer`` sends clip ``k`` at Lava steps
 ``k·T_s + 1 … k·T_s + T_s`` and group ``g`` (latency ``d_g`` from
 :func:`export.passes.balance_delays`) works on clip ``k``, time step ``t`` at Lava step
-``τ = k·T_s + t + d_g``. Its ``LIFReset`` zeroes u and v at ``τ ≡ d_g (mod T_s)``, i.e.
+``τ = k·T_s + t + d_g + 1`` (:data:`LAVA_OFFSET`). Its ``LIFReset`` zeroes u and v at
+``τ ≡ d_g + 1 (mod T_s)``, i.e.
 exactly before each clip's first step, so consecutive clips are independent and every layer
 does useful work at every step (a pipeline ``readout_latency`` steps deep). Splitting a
-multi-source synapse into one ``Sparse`` per source is exact because the shift then is a
+multi-source synapse into one process per source is exact because the shift then is a
 left shift (``weight_exp ≥ 0``; checked).
 """
 from __future__ import annotations
@@ -39,46 +47,52 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy import sparse as sp
 
 from export import fixed_point as fx
 from export.ir import INPUT, LOGITS, Graph
-from export.twin import quantise_input, synapse_op
+from export.mapping import attention_hops, synapse_mapping
+from export.passes import balance_delays
+from export.twin import quantise_input
 
-from .connectivity import fan_out, per_clip_groups, population_shape, static_connections, synapse_matrix
+from .connectivity import (conv_params, conv_views, fan_out, per_clip_groups, population_shape, shared_fan_out,
+                           static_connections, synapse_matrix)
 from .errors import SimError
 from .processes import PROBE_FILES, open_trace
 
-__all__ = ["LavaNetwork", "build_network", "input_currents", "host_macs"]
+__all__ = ["LavaNetwork", "build_network", "input_coordinates", "host_macs", "READOUT"]
+
+#: Name of the readout integrator population in ``LavaNetwork.lif`` / ``probes``.
+READOUT = "readout"
+#: Lava starts at step 1 and the ``RingBuffer`` input sends its first column then, so a
+#: stage of latency ``d`` works on clip ``k``, time step ``t`` at Lava step
+#: ``k·T_s + t + d + LAVA_OFFSET``.
+LAVA_OFFSET = 1
 
 # lava's compiler imports every module next to a process's module while it searches for
 # process models and warns about each one that is not a process module: noise, not a fault.
 warnings.filterwarnings("ignore", message="Cannot import module", category=UserWarning)
 
 
-def input_currents(graph: Graph, x: torch.Tensor) -> dict:
-    """Host-side first layer: integer currents of every input synapse per clip.
+def input_coordinates(graph: Graph, x: torch.Tensor) -> np.ndarray:
+    """The integer coordinates the chip receives: ``(N, M·C·T·V)`` int32 (``round(x ·
+    2^input_frac_bits)``, the export's input encoding, population order ``(M, C, T, V)``).
 
     Parameters
     ----------
     x : Tensor ``(N, C, T, V, M)`` preprocessed clips (metres).
 
-    Returns
-    -------
-    dict target group → int64 array ``(N, n_target)`` (population order ``(M, C, T, V)``),
-    computed with the twin's op and the shared shift (the same integers the twin uses).
+    Raises
+    ------
+    SimError
+        A coordinate does not fit the 16-bit input encoding.
     """
-    C, _, V, M = graph.input_shape
     n = x.shape[0]
-    xin = quantise_input(x.double().permute(0, 4, 1, 2, 3).reshape(n * M, C, x.shape[2], V),
-                         graph.meta["input_frac_bits"])
-    out = {}
-    for s in graph.synapses.values():
-        if s.sources != (INPUT,):
-            continue
-        y = fx.shift_exp(synapse_op(s, [xin], s.weight_mant, M), s.weight_exp)
-        y = y.to(torch.int64).reshape(n, -1).numpy()
-        out[s.target] = out.get(s.target, 0) + y
-    return out
+    try:
+        q = quantise_input(x.double().permute(0, 4, 1, 2, 3), graph.meta["input_frac_bits"])
+    except Exception as exc:  # ExportError: out of the 16-bit range
+        raise SimError(str(exc)) from None
+    return q.reshape(n, -1).numpy().astype(np.int32)
 
 
 def host_macs(graph: Graph) -> int:
@@ -98,14 +112,20 @@ class LavaNetwork:
     graph : Graph
     period : int — Lava steps per clip (= T_s).
     chunk : int — clips per run chunk (the host reads the probes between chunks).
-    depth : int — ring depth of probes (steps) and readout (``depth // period`` clips).
-    lif, probes : dict group → process
-    sources : dict group → GradedInput
-    trace_dir : str — temporary folder of the memory-mapped inputs and probe rings
-    readout : Readout process
-    fan_outs : dict (synapse, source) → non-zero fan-out per source neuron of the matrix
-        given to Lava (for event counting; the matrices themselves live in the processes)
+    depth : int — ring depth of probes (steps).
+    lif, probes : dict group → process (plus :data:`READOUT`, the readout integrator)
+    source : the ``RingBuffer`` of quantised coordinates
+    processes : dict label → process (every synapse, relay, delay line and attention part)
+    aux : dict label → dict(kind ``count``/``values``, path, n, latency) — instrument probes
+        on intermediate populations (relays, attention products and middle population)
+    event_terms : list of dict(synapse, hop, trace, fan_out) — synaptic events are
+        ``Σ_t (non-zero messages of each source neuron) · fan_out`` with ``trace`` either
+        ``("spikes", group)`` or ``("aux", label)`` (a count probe: fan-out 1 per message)
+    mapping : dict synapse → mapping name (:func:`export.mapping.synapse_mapping`, or
+        ``sparse`` where a shared conv fell back because its sum could wrap)
+    stored_weights : dict synapse → weights held by the Lava processes
     shapes : dict group → ``(M, C, T, V)``
+    trace_dir : str — temporary folder of the memory-mapped probe rings
     """
 
     graph: Graph
@@ -114,11 +134,12 @@ class LavaNetwork:
     depth: int
     lif: dict = field(default_factory=dict)
     probes: dict = field(default_factory=dict)
-    sources: dict = field(default_factory=dict)
-    synapses: dict = field(default_factory=dict)
-    delays: dict = field(default_factory=dict)
-    readout: object = None
-    fan_outs: dict = field(default_factory=dict)
+    source: object = None
+    processes: dict = field(default_factory=dict)
+    aux: dict = field(default_factory=dict)
+    event_terms: list = field(default_factory=list)
+    mapping: dict = field(default_factory=dict)
+    stored_weights: dict = field(default_factory=dict)
     shapes: dict = field(default_factory=dict)
     steps_run: int = 0
     started: bool = False
@@ -126,16 +147,12 @@ class LavaNetwork:
     probe_dirs: dict = field(default_factory=dict)
 
     @property
-    def latency(self) -> dict:
-        return {n: g.latency for n, g in self.graph.groups.items()}
-
-    @property
     def readout_latency(self) -> int:
         return int(self.graph.meta["readout_latency"])
 
     @property
     def anchor(self):
-        return next(iter(self.sources.values()))
+        return self.source
 
     # ------------------------------------------------------------------ running
     def run_steps(self, steps: int, timeout_s: float) -> None:
@@ -148,12 +165,15 @@ class LavaNetwork:
         """
         from lava.magma.core.run_conditions import RunSteps
         from lava.magma.core.run_configs import Loihi2SimCfg
+        from lava.proc.conv.process import Conv
+
+        from .processes import PyConvModelFixedFast
         box = {}
+        cfg = Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map={Conv: PyConvModelFixedFast})
 
         def target():
             try:
-                self.anchor.run(condition=RunSteps(num_steps=steps),
-                                run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+                self.anchor.run(condition=RunSteps(num_steps=steps), run_cfg=cfg)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 box["error"] = exc
 
@@ -173,6 +193,8 @@ class LavaNetwork:
     def stop(self, timeout_s: float = 60.0) -> None:
         """Stop the Lava runtime (idempotent); terminate its worker processes if stop hangs."""
         if not self.started:
+            if self.trace_dir:
+                shutil.rmtree(self.trace_dir, ignore_errors=True)
             return
         self.started = False
         worker = threading.Thread(target=self.anchor.stop, daemon=True)
@@ -194,12 +216,16 @@ class LavaNetwork:
         if self.trace_dir:
             shutil.rmtree(self.trace_dir, ignore_errors=True)
 
+    def _rows(self, latency: int, clips: range, steps=None) -> np.ndarray:
+        steps = range(self.period) if steps is None else steps
+        return np.array([(k * self.period + t + latency + LAVA_OFFSET - 1) % self.depth
+                         for k in clips for t in steps],
+                        dtype=np.int64)
+
     def read_group(self, name: str, clips: range) -> dict:
         """Spikes, u, v of group ``name`` for finished stream clips: arrays
         ``(len(clips), T_s, n)``."""
-        d = self.graph.groups[name].latency
-        rows = np.array([(k * self.period + t + d - 1) % self.depth for k in clips for t in range(self.period)],
-                        dtype=np.int64)
+        rows = self._rows(self.graph.groups[name].latency, clips)
         out = {}
         n = int(np.prod(self.shapes[name]))
         for var in PROBE_FILES:
@@ -208,15 +234,41 @@ class LavaNetwork:
             del buf
         return out
 
+    def read_aux(self, label: str, clips: range) -> np.ndarray:
+        """An instrument probe for finished clips: counts ``(clips, T_s)`` or values
+        ``(clips, T_s, n)``."""
+        a = self.aux[label]
+        rows = self._rows(a["latency"], clips)
+        if a["kind"] == "count":
+            buf = np.memmap(os.path.join(a["path"], "count.bin"), dtype=np.int64, mode="r", shape=(self.depth,))
+            return np.asarray(buf[rows]).reshape(len(clips), self.period)
+        buf = np.memmap(os.path.join(a["path"], "values.bin"), dtype=np.int32, mode="r", shape=(self.depth, a["n"]))
+        return np.asarray(buf[rows]).reshape(len(clips), self.period, -1).astype(np.int64)
+
     def read_logits(self, clips: range) -> np.ndarray:
-        """Integer logits ``(len(clips), classes)`` of finished stream clips."""
-        buf = self.readout.logits.get()
-        slots = self.depth // self.period
-        return np.stack([buf[k % slots] for k in clips]).astype(np.int64)
+        """Integer logits ``(len(clips), classes)`` of finished stream clips: the readout
+        integrator's ``v`` at each clip's last step, ``>> 6`` (``v`` holds ``64 ×`` the
+        logit sum, see :func:`build_network`); a ``v`` that is not a multiple of 64 cannot be
+        a logit and is returned as the sentinel ``-2**62`` so the comparison reports it."""
+        rows = self._rows(self.readout_latency, clips, steps=[self.period - 1])
+        n = int(self.shapes[READOUT][1])
+        buf = open_trace(self.probe_dirs[READOUT], "v", self.depth, n)
+        v = np.asarray(buf[rows]).astype(np.int64).reshape(len(clips), n)
+        return np.where(v % 64 == 0, v >> 6, -2 ** 62)
 
     def finished(self, latency: int) -> int:
         """Number of stream clips a stage of this latency has completed so far."""
-        return max(0, (self.steps_run - latency + 1) // self.period)
+        return max(0, (self.steps_run - latency - LAVA_OFFSET + 1) // self.period)
+
+    @property
+    def drain_steps(self) -> int:
+        """Steps to run after the last clip entered until its logits are complete."""
+        return self.readout_latency + LAVA_OFFSET - 1
+
+    @property
+    def process_count(self) -> int:
+        """Lava processes (each one an OS process when running)."""
+        return 1 + len(self.lif) + len(self.probes) + len(self.processes) + len(self.aux)
 
 
 def _alive(process) -> bool:
@@ -235,39 +287,114 @@ def _signal(process, how: str) -> None:
         pass
 
 
-def build_network(graph: Graph, currents: dict, chunk: int = 4) -> LavaNetwork:
-    """Build the Lava processes and connections for a quantised, delay-balanced graph.
+def _lif(g_du, g_dv, vth, bias_mant, bias_exp, n, P, latency, name):
+    from lava.proc.lif.process import LIFReset
+    return LIFReset(shape=(n,), du=int(g_du), dv=int(g_dv), vth=int(vth), bias_mant=bias_mant.astype(np.int32),
+                    bias_exp=bias_exp.astype(np.int32), reset_interval=P, reset_offset=(int(latency) + LAVA_OFFSET) % P, name=name)
+
+
+def _readout_bias(bias_int: np.ndarray, name: str) -> tuple:
+    """``(bias_mant, bias_exp)`` with ``bias_mant · 2^bias_exp = 64 · bias_int`` exactly
+    (LIF ``u`` holds ``a_in << 6``, so ``v`` accumulates 64 × the logits).
+
+    Raises
+    ------
+    SimError
+        A bias that no 13-bit mantissa and 3-bit exponent represent exactly.
+    """
+    b = np.asarray(bias_int, dtype=np.int64)
+    mant, exp = np.zeros_like(b), np.zeros_like(b)
+    for i, x in enumerate(b):
+        for e in range(6, -1, -1):  # 64·x = (x·2^(6-e))·2^e; prefer the smallest mantissa
+            m = int(x) << (6 - e)
+            if fx.BIAS_MANT_MIN <= m <= fx.BIAS_MANT_MAX:
+                mant[i], exp[i] = m, e
+                break
+        else:
+            for e in range(7, fx.BIAS_EXP_MAX + 1):
+                if (int(x) * 64) % (1 << e) == 0 and fx.BIAS_MANT_MIN <= (int(x) * 64) >> e <= fx.BIAS_MANT_MAX:
+                    mant[i], exp[i] = (int(x) * 64) >> e, e
+                    break
+            else:
+                raise SimError(f"{name}: integer readout bias {int(x)} cannot be held by a Loihi bias "
+                               f"(13-bit mantissa, exponent ≤ {fx.BIAS_EXP_MAX}) exactly")
+    return mant, exp
+
+
+def build_network(graph: Graph, coords: np.ndarray, chunk: int = 4) -> LavaNetwork:
+    """Build the Lava processes and connections for a quantised, delay-balanced graph (the
+    mapping table is in the module docstring; the rule in :mod:`export.mapping`).
 
     Parameters
     ----------
     graph : Graph — from :func:`export.writers.lava_writer.read_lava`.
-    currents : dict input group → int array ``(N, n)`` — :func:`input_currents` of the clips
-        to stream (clip k enters at steps ``k·T_s + 1 … k·T_s + T_s``).
+    coords : int array ``(N, M·C·T·V)`` — :func:`input_coordinates` of the clips to stream
+        (clip k enters at steps ``k·T_s + 1 … k·T_s + T_s``).
     chunk : int — clips per run chunk (the probe rings hold ``chunk`` clips plus the
         pipeline depth).
 
     Raises
     ------
     SimError
-        Unquantised or unbalanced graph, a weight off Lava's 8-bit grid, a negative
-        ``weight_exp`` on a multi-source synapse, a balancing delay above Loihi's 63.
+        Unquantised graph, delays that do not follow the current mapping (an export written
+        by an older version: re-export), a weight off Lava's 8-bit grid, a negative
+        ``weight_exp`` on a multi-source unrolled synapse, a delay above Loihi's 63, a
+        readout bias no Loihi bias holds exactly.
     """
+    from lava.proc.conv.process import Conv
     from lava.proc.dense.process import Dense
-    from lava.proc.lif.process import LIFReset
+    from lava.proc.graded.process import GradedVec
+    from lava.proc.io.source import RingBuffer
     from lava.proc.sparse.process import Sparse
 
-    from .processes import GradedInput, GroupProbe, Readout, SpikeAttention, SpikeDelay
+    from .attention import build_attention
+    from .probes import CountProbe, ValueProbe
+    from .processes import GroupProbe, SpikeDelay
 
     if not graph.quantised:
         raise SimError("the graph is not quantised; replay an export directory written by mksgn-export")
     if "readout_latency" not in graph.meta:
         raise SimError("the graph is not delay-balanced (no readout_latency); re-export it")
+    ref = balance_delays(graph)
+    if ref.meta["readout_latency"] != graph.meta["readout_latency"] or any(
+            ref.synapses[k].meta["delays"] != s.meta.get("delays") for k, s in graph.synapses.items()):
+        raise SimError("the export's delays do not follow this version's Lava mapping (export.mapping); "
+                       "re-export the checkpoint with mksgn-export")
     P = int(graph.time_steps)
     L = int(graph.meta["readout_latency"])
     slots = chunk + -(-L // P) + 2
     net = LavaNetwork(graph=graph, period=P, chunk=chunk, depth=slots * P,
                       trace_dir=tempfile.mkdtemp(prefix="mksgn-sim-"))
     per_clip = per_clip_groups(graph)
+
+    def probe_dir(tag: str) -> str:
+        d = os.path.join(net.trace_dir, f"p{len(net.probe_dirs) + len(net.aux)}")
+        os.makedirs(d)
+        return d
+
+    def group_probe(name: str, lif, n: int):
+        pdir = probe_dir(name)
+        for var in PROBE_FILES:
+            open_trace(pdir, var, net.depth, n, "w+").flush()
+        net.probe_dirs[name] = pdir
+        probe = GroupProbe(n=n, depth=net.depth, path=pdir, name=f"probe:{name}")
+        lif.s_out.connect(probe.s_in)
+        probe.u_ref.connect_var(lif.u)
+        probe.v_ref.connect_var(lif.v)
+        net.probes[name] = probe
+
+    def aux_probe(label: str, port, n: int, kind: str, latency: int):
+        pdir = probe_dir(label)
+        if kind == "count":
+            np.memmap(os.path.join(pdir, "count.bin"), dtype=np.int64, mode="w+", shape=(net.depth,)).flush()
+            probe = CountProbe(n=n, depth=net.depth, path=pdir, name=f"count:{label}")
+        else:
+            np.memmap(os.path.join(pdir, "values.bin"), dtype=np.int32, mode="w+", shape=(net.depth, n)).flush()
+            probe = ValueProbe(n=n, depth=net.depth, path=pdir, name=f"values:{label}")
+        port.connect(probe.s_in)
+        net.aux[label] = {"kind": kind, "path": pdir, "n": n, "latency": latency, "process": probe}
+
+    # ---------------------------------------------------------------- neuron groups
     for name, g in graph.groups.items():
         shape = population_shape(graph, name, per_clip)
         net.shapes[name] = shape
@@ -275,85 +402,177 @@ def build_network(graph: Graph, currents: dict, chunk: int = 4) -> LavaNetwork:
         chan = np.arange(shape[1])[None, :, None, None]
         bias_mant = np.broadcast_to(np.asarray(g.bias_mant)[chan], shape).ravel()
         bias_exp = np.broadcast_to(np.asarray(g.bias_exp)[chan], shape).ravel()
-        net.lif[name] = LIFReset(shape=(n,), du=int(g.du), dv=int(g.dv), vth=int(g.vth_mant),
-                                 bias_mant=bias_mant.astype(np.int32), bias_exp=bias_exp.astype(np.int32),
-                                 reset_interval=P, reset_offset=int(g.latency) % P, name=name)
-        pdir = os.path.join(net.trace_dir, f"g{len(net.probes)}")
-        os.makedirs(pdir)
-        for var in PROBE_FILES:
-            open_trace(pdir, var, net.depth, n, "w+").flush()
-        net.probe_dirs[name] = pdir
-        probe = GroupProbe(n=n, depth=net.depth, path=pdir, name=f"probe:{name}")
-        net.lif[name].s_out.connect(probe.s_in)
-        probe.u_ref.connect_var(net.lif[name].u)
-        probe.v_ref.connect_var(net.lif[name].v)
-        net.probes[name] = probe
-    for s in graph.synapses.values():
-        if s.sources == (INPUT,):
-            if graph.groups[s.target].latency != 1:
-                raise SimError(f"{s.target}: input group at latency {graph.groups[s.target].latency}, expected 1")
-            if s.target not in net.sources:
-                cur = np.asarray(currents[s.target])
-                if np.abs(cur).max(initial=0) >= 2 ** 31:
-                    raise SimError(f"input currents of {s.target} do not fit int32")
-                idir = os.path.join(net.trace_dir, f"in{len(net.sources)}")
-                os.makedirs(idir)
-                mm = open_trace(idir, "currents", cur.shape[0], cur.shape[1], "w+")
-                mm[:] = cur
-                mm.flush()
-                src = GradedInput(n=cur.shape[1], clips=cur.shape[0], period=P, path=idir, name=f"input:{s.target}")
-                src.s_out.connect(net.lif[s.target].a_in)
-                net.sources[s.target] = src
+        net.lif[name] = _lif(g.du, g.dv, g.vth_mant, bias_mant, bias_exp, n, P, g.latency, name)
+        group_probe(name, net.lif[name], n)
+
+    # ---------------------------------------------------------------- input
+    coords = np.asarray(coords)
+    N = coords.shape[0]
+    data = np.zeros((coords.shape[1], N * P + L + P), dtype=np.int32)  # zeros after the last clip
+    data[:, :N * P] = np.repeat(coords.T, P, axis=1)
+    net.source = RingBuffer(data=data)
+
     def spike_source(u: str, d: int):
         """OutPort carrying group u's spikes delayed by d steps (one shared line per (u, d))."""
         if d == 0:
             return net.lif[u].s_out
-        if (u, d) not in net.delays:
-            line = SpikeDelay(n=int(np.prod(net.shapes[u])), delay=d, name=f"delay{d}:{u}")
+        key = f"delay{d}:{u}"
+        if key not in net.processes:
+            line = SpikeDelay(n=int(np.prod(net.shapes[u])), delay=d, name=key)
             net.lif[u].s_out.connect(line.s_in)
-            net.delays[(u, d)] = line
-        return net.delays[(u, d)].s_out
+            net.processes[key] = line
+        return net.processes[key].s_out
 
+    def check_delay(s, u, d):
+        if not 0 <= d <= fx.MAX_DELAY:
+            raise SimError(f"synapse {s.name}: delay {d} from {u} is outside Loihi's 0..{fx.MAX_DELAY}")
+
+    def sparse(s, u, mat, label, weight_exp, graded=False):
+        if not np.array_equal(fx.truncate_weights(mat.data.astype(np.int64)), mat.data):
+            raise SimError(f"synapse {s.name}: weights are not on Lava's 8-bit grid; re-export")
+        conn = Sparse(weights=mat, weight_exp=int(weight_exp), num_weight_bits=8,
+                      num_message_bits=24 if graded else 0, name=label)
+        net.processes[label] = conn
+        return conn
+
+    # ---------------------------------------------------------------- static synapses
+    readout_lif = None
     for s, u in static_connections(graph):
+        mapping = synapse_mapping(s)
+        label = f"{s.name}<-{u}"
+        if u == INPUT:
+            mat = synapse_matrix(graph, s, u, per_clip)
+            conn = sparse(s, u, mat, label, s.weight_exp, graded=True)
+            net.source.s_out.connect(conn.s_in)
+            conn.a_out.connect(net.lif[s.target].a_in)
+            net.mapping[s.name] = "input"
+            net.stored_weights[s.name] = int(mat.nnz)
+            continue
         delays = s.meta.get("delays")
-        if delays is None:
-            raise SimError(f"synapse {s.name} has no balancing delays; re-export the checkpoint")
         d = int(delays[u])
-        if not 0 <= d <= 63:
-            raise SimError(f"synapse {s.name}: delay {d} from {u} is outside Loihi's 0..63")
+        check_delay(s, u, d)
+        src = spike_source(u, d)
+        if s.target == LOGITS:
+            if d:
+                raise SimError(f"readout {s.name} with a delay is not supported")
+            mat = synapse_matrix(graph, s, u, per_clip)
+            conn = Dense(weights=mat.toarray(), weight_exp=int(s.weight_exp), num_weight_bits=8, name=label)
+            net.processes[label] = conn
+            src.connect(conn.s_in)
+            if readout_lif is None:
+                classes = mat.shape[0]
+                bm, be = _readout_bias(np.asarray(s.meta["bias_int"]), s.name)
+                readout_lif = _lif(fx.DU_MAX, 0, fx.VTH_MAX, bm, be, classes, P, L, READOUT)
+                net.lif[READOUT] = readout_lif
+                net.shapes[READOUT] = (1, classes, 1, 1)
+                group_probe(READOUT, readout_lif, classes)
+            conn.a_out.connect(readout_lif.a_in)
+            net.event_terms.append({"synapse": s.name, "hop": "dense", "trace": ("spikes", u), "fan_out": fan_out(mat)})
+            net.mapping[s.name] = "dense"
+            net.stored_weights[s.name] = int(mat.nnz)
+            continue
+        tgt_shape = net.shapes[s.target]
+        if mapping in ("conv", "conv+floor"):
+            params = conv_params(graph, s, shift=max(int(s.weight_exp), 0))
+            # the Conv's 24-bit output wrap: keep every possible sum inside it, else unroll
+            bound = np.abs(params["weight"].astype(np.int64)).reshape(params["weight"].shape[0], -1).sum(axis=1).max()
+            if bound >= 2 ** 23:
+                mapping = "sparse" if mapping == "conv" else mapping
+        if mapping in ("conv", "conv+floor") and bound < 2 ** 23:
+            conv = Conv(weight=params["weight"], input_shape=params["input_shape"], padding=params["padding"],
+                        stride=params["stride"], name=label)
+            net.processes[label] = conv
+            view, out = conv_views(s, src, net.shapes[u], tgt_shape)
+            view.connect(conv.s_in)
+            fo = shared_fan_out(graph, s, u, per_clip)
+            net.event_terms.append({"synapse": s.name, "hop": "conv", "trace": ("spikes", u), "fan_out": fo})
+            net.stored_weights[s.name] = net.stored_weights.get(s.name, 0) + int(np.count_nonzero(params["weight"]))
+            if mapping == "conv":
+                out(conv.a_out).connect(net.lif[s.target].a_in)
+            else:
+                n_t = int(np.prod(tgt_shape))
+                relay = GradedVec(shape=(n_t,), vth=0)
+                out(conv.a_out).connect(relay.a_in)
+                net.processes[f"relay:{label}"] = relay
+                eye = sparse_eye(n_t)
+                floor = sparse(s, u, eye, f"floor:{label}", s.weight_exp, graded=True)
+                relay.s_out.connect(floor.s_in)
+                floor.a_out.connect(net.lif[s.target].a_in)
+                lat = graph.groups[u].latency + d + 1 if u != INPUT else d + 1
+                aux_probe(f"relay:{label}", relay.s_out, n_t, "count", lat)
+                net.event_terms.append({"synapse": s.name, "hop": "floor", "trace": ("aux", f"relay:{label}"),
+                                        "fan_out": 1})
+                net.stored_weights[s.name] += n_t
+            net.mapping[s.name] = mapping
+            continue
         if len(s.sources) > 1 and s.weight_exp < 0:
             raise SimError(f"synapse {s.name}: weight_exp {s.weight_exp} < 0 on a multi-source synapse "
                            "cannot be split into per-source Lava synapses exactly")
         mat = synapse_matrix(graph, s, u, per_clip)
-        if not np.array_equal(fx.truncate_weights(mat.data.astype(np.int64)), mat.data):
-            raise SimError(f"synapse {s.name}: weights are not on Lava's 8-bit grid; re-export")
-        net.fan_outs[(s.name, u)] = fan_out(mat)
-        label = f"{s.name}<-{u}"
-        if s.target == LOGITS:
-            if d:
-                raise SimError(f"readout {s.name} with a delay is not supported")
-            conn = Dense(weights=mat.toarray(), weight_exp=int(s.weight_exp), num_weight_bits=8, name=label)
-            if net.readout is None:
-                net.readout = Readout(classes=mat.shape[0], bias=np.asarray(s.meta["bias_int"]), period=P,
-                                      latency=L, depth=slots, name="readout")
-            conn.a_out.connect(net.readout.a_in)
-        else:
-            conn = Sparse(weights=mat, weight_exp=int(s.weight_exp), num_weight_bits=8, name=label)
-            conn.a_out.connect(net.lif[s.target].a_in)
-        spike_source(u, d).connect(conn.s_in)
-        net.synapses[label] = conn
+        conn = sparse(s, u, mat, label, s.weight_exp)
+        src.connect(conn.s_in)
+        conn.a_out.connect(net.lif[s.target].a_in)
+        net.event_terms.append({"synapse": s.name, "hop": "sparse", "trace": ("spikes", u), "fan_out": fan_out(mat)})
+        net.mapping[s.name] = "sparse"
+        net.stored_weights[s.name] = net.stored_weights.get(s.name, 0) + int(mat.nnz)
+
+    # ---------------------------------------------------------------- attention
     for s in graph.synapses.values():
         if s.kind != "attention":
             continue
+        order = s.meta["attention_order"]
         shape = net.shapes[s.target]
-        att = SpikeAttention(shape=shape, weight_mant=int(np.asarray(s.weight_mant)), weight_exp=int(s.weight_exp),
-                             delays=[int(s.meta["delays"][u]) for u in s.sources], name=s.name)
-        for port, u in zip((att.q_in, att.k_in, att.v_in), s.sources):
-            net.lif[u].s_out.connect(port)  # the attention process delays its own inputs
-        att.a_out.connect(net.lif[s.target].a_in)
-        net.synapses[s.name] = att
-    if net.readout is None:
+        blk = build_attention(s.name, shape, int(np.asarray(s.weight_mant)), int(s.weight_exp), order)
+        hops = attention_hops(order)
+        for key, u in zip("qkv", s.sources):
+            d = int(s.meta["delays"][u])
+            check_delay(s, u, d)
+            port = spike_source(u, d)
+            for inport in _as_list(getattr(blk, f"{key}_in")):
+                port.connect(inport)
+        blk.a_out.connect(net.lif[s.target].a_in)
+        for label, proc in blk.processes.items():
+            net.processes[f"{s.name}:{label}"] = proc
+        # latencies of the intermediate populations: the first-stage inputs enter at
+        # latency(target) - 4; P1 one hop later, the middle population two, P2 three
+        t0 = graph.groups[s.target].latency - max(hops)
+        n1 = int(np.prod(blk.prod1.s_out.shape))
+        n2 = int(np.prod(blk.prod2.s_out.shape))
+        nm = int(np.prod(blk.mid.s_out.shape))
+        aux_probe(f"{s.name}:prod1", blk.prod1.s_out, n1, "count", t0 + 1)
+        aux_probe(f"{s.name}:mid", blk.mid.s_out, nm, "values", t0 + 2)
+        aux_probe(f"{s.name}:prod2", blk.prod2.s_out, n2, "count", t0 + 3)
+        net.mapping[s.name] = "attention"
+        net.stored_weights[s.name] = int(blk.synapses)
+        src_of = dict(zip("qkv", s.sources))
+        for h in blk.hops:
+            src = h["source"]
+            if src in "qkv":
+                trace = ("spikes", src_of[src])
+            elif src == "mid":
+                trace = ("aux", f"{s.name}:mid")
+            else:
+                trace = ("aux", f"{s.name}:{src}")
+            net.event_terms.append({"synapse": s.name, "hop": h["label"], "trace": trace,
+                                    "fan_out": net_fan_out(blk, h)})
+    if readout_lif is None:
         raise SimError("the graph has no readout")
-    if not net.sources:
-        raise SimError("the graph has no host-side input layer")
+    if not any(s.sources == (INPUT,) for s in graph.synapses.values()):
+        raise SimError("the graph has no input layer")
     return net
+
+
+def _as_list(x):
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def net_fan_out(blk, hop):
+    """Fan-out per source neuron of one attention hop (1 for count-probed product neurons)."""
+    if hop["source"] in ("prod1", "prod2"):
+        return 1
+    return blk.fan_outs[hop["label"]]
+
+
+def sparse_eye(n: int):
+    """One-to-one weight-1 CSR ``(n, n)`` (the flooring synapse behind a ``Conv`` relay)."""
+    return sp.identity(n, dtype=np.int32, format="csr")

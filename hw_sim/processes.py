@@ -1,32 +1,36 @@
-"""Lava processes that lava-nc 0.10 does not have, each a Process plus a ``fixed_pt``-tagged
-ProcessModel (picked by ``Loihi2SimCfg(select_tag="fixed_pt")``).
+"""The own Lava processes and process models of the replay — instrumentation and stand-ins
+only; everything that computes the network is a stock lava-nc process (see
+:mod:`hw_sim.network` for the table).
 
-Everything else in the replayed network is a lava-nc process: ``LIFReset`` (CUBA-LIF that
-zeroes u and v every ``reset_interval`` steps — the clip boundary), ``Sparse`` /
-``DelaySparse`` (all static synapses), ``Dense`` (readout FC) and ``RingBuffer`` (the
-host-computed integer currents of the first layer).
-
-* :class:`SpikeAttention` — SG-SA ``s·(Q Kᵀ) V`` multiplies two spike tensors, which no
-  static synapse can do. Own process; the arithmetic is :func:`export.twin.synapse_op` and
-  :func:`export.fixed_point.shift_exp`, the same code the twin runs. Like Lava's synapses it
-  emits its result one step late, and it delays each input by its balancing delay.
-* :class:`SpikeDelay` — a spike delay line of ``delay`` steps in front of a ``Sparse``:
-  together they are lava's ``DelaySparse`` with one delay for every synapse. lava-nc 0.10's
+* :class:`SpikeDelay` — a spike delay line of ``delay`` steps in front of a synapse: with a
+  ``Sparse`` behind it, it is lava's ``DelaySparse`` with one delay for every synapse
+  (``tests/test_processes.py`` compares the two step by step). lava-nc 0.10's
   ``PyDelaySparseModelBitAcc`` rebuilds its delay-stacked weight matrix every step (with a
   CSR fancy assignment over all non-zeros), which made a 3-clip replay of a width-0.125
-  MK-SGN run for more than 10 minutes; the delay line costs a copy per step. Delays are
-  free on the chip (dendritic delay buffers), so no events are counted for it.
-* :class:`Readout` — sums the readout FC currents and the integer bias over each clip's
-  ``T_s`` steps into that clip's logits (the twin's integer logits).
+  MK-SGN run for more than 10 minutes; the delay line costs a copy per step. Delays are free
+  on the chip (dendritic delay buffers), so no events are counted for it.
 * :class:`GroupProbe` — records a neuron group's spikes (InPort) and u, v (RefPorts read in
-  the post-management phase, as lava's ``Monitor`` does) into a ring buffer of ``depth``
-  steps, so clips can stream through one compiled run without a Monitor buffer that grows
-  with the run length.
+  the post-management phase, as lava's ``Monitor`` does) into memory-mapped rings.
+* :class:`PyConvModelFixedFast` — a process model of lava's *stock* ``Conv`` process, a
+  stand-in for ``PyConvModelFixed`` (``lava/proc/conv/models.py``) that computes the same
+  integers faster. The stock model loops over every (output channel, input channel) pair
+  calling ``scipy.signal.convolve2d`` (``lava/proc/conv/utils.py::conv_scipy``; lava
+  disables its torch path): a folded graph conv as a 1×1 ``Conv`` over ``C·V = 320``
+  channels is 102,400 calls per step. The stand-in does one float64 matrix product over
+  strided windows (exact: every sum is an integer far below 2⁵³) and the stock
+  ``signed_clamp`` 24-bit wrap; ``tests/test_processes.py`` checks it against the stock
+  model bit for bit (binary and graded inputs, strides, padding, 1×1 and k×1 kernels, the
+  wrap). It is selected with ``Loihi2SimCfg(exception_proc_model_map={Conv: ...})``.
+
+This module imports numpy and lava only (every Lava process is its own OS process; heavy
+imports here would be paid by each of them).
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
-import torch
+from numpy.lib.stride_tricks import sliding_window_view
 
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.model.py.model import PyLoihiProcessModel
@@ -37,73 +41,10 @@ from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.process.variable import Var
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+from lava.proc.conv import utils as conv_utils
+from lava.proc.conv.process import Conv
 
-from export import fixed_point as fx
-
-__all__ = ["SpikeAttention", "Readout", "GroupProbe", "SpikeDelay", "GradedInput", "open_trace"]
-
-
-class SpikeAttention(AbstractProcess):
-    """Spatial Global Spiking Attention, ``out = (((Q Kᵀ) V) · w_mant) << weight_exp`` per
-    frame over joints (paper eq. 8–10; own process — no lava-nc synapse multiplies spikes).
-
-    Parameters
-    ----------
-    shape : tuple ``(M, C, T, V)``
-        Population shape of Q, K, V and of the output.
-    weight_mant, weight_exp : int
-        The attention scale s = ``weight_mant · 2^weight_exp`` in integer units (s is a power
-        of two, so this is exact).
-    delays : tuple of 3 int
-        Balancing delays (steps) of the Q, K and V inputs.
-
-    Ports: ``q_in``, ``k_in``, ``v_in`` (spikes, ``(M·C·T·V,)``), ``a_out`` (int currents).
-    """
-
-    def __init__(self, *, shape, weight_mant: int, weight_exp: int, delays=(0, 0, 0), name=None):
-        n = int(np.prod(shape))
-        super().__init__(shape=tuple(shape), weight_mant=int(weight_mant), weight_exp=int(weight_exp),
-                         delays=tuple(int(d) for d in delays), name=name)
-        self.q_in = InPort(shape=(n,))
-        self.k_in = InPort(shape=(n,))
-        self.v_in = InPort(shape=(n,))
-        self.a_out = OutPort(shape=(n,))
-        self.a_buff = Var(shape=(n,), init=0)
-
-
-@implements(proc=SpikeAttention, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("fixed_pt")
-class PySpikeAttentionModelFixed(PyLoihiProcessModel):
-    """Integer model of :class:`SpikeAttention` (calls the twin's op and the shared shift)."""
-
-    q_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=1)
-    k_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=1)
-    v_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=1)
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
-    a_buff: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
-
-    def __init__(self, proc_params):
-        super().__init__(proc_params)
-        self.shape = proc_params["shape"]
-        self.delays = proc_params["delays"]
-        n = int(np.prod(self.shape))
-        # delay lines: line[d] is what the port received d steps ago
-        self.lines = [[np.zeros(n, dtype=np.int64) for _ in range(d)] for d in self.delays]
-        from export.ir import Synapse
-        self.syn = Synapse(name="attention", kind="attention", sources=("q", "k", "v"), target="out",
-                           weight=np.array(proc_params["weight_mant"]))
-
-    def run_spk(self):
-        from export.twin import synapse_op
-        self.a_out.send(self.a_buff)
-        xs = []
-        for port, line in zip((self.q_in, self.k_in, self.v_in), self.lines):
-            line.insert(0, port.recv().astype(np.int64))
-            xs.append(torch.as_tensor(line.pop(), dtype=torch.float64).view(self.shape))
-        y = synapse_op(self.syn, xs, self.proc_params["weight_mant"], self.shape[0])
-        y = fx.shift_exp(y, self.proc_params["weight_exp"])
-        self.a_buff = fx.wrap_int32(y.to(torch.int64).numpy().ravel()).astype(np.int32)
+__all__ = ["GroupProbe", "SpikeDelay", "PyConvModelFixedFast", "open_trace", "PROBE_FILES"]
 
 
 class SpikeDelay(AbstractProcess):
@@ -111,6 +52,11 @@ class SpikeDelay(AbstractProcess):
 
     Ports: ``s_in``, ``s_out`` of ``(n,)``. Output at step τ = input at step τ − delay
     (zeros before).
+
+    Raises
+    ------
+    ValueError
+        ``delay < 1``.
     """
 
     def __init__(self, *, n: int, delay: int, name=None):
@@ -136,47 +82,13 @@ class PySpikeDelayModelFixed(PyLoihiProcessModel):
         self.line[row] = self.s_in.recv()
 
 
-class Readout(AbstractProcess):
-    """Readout accumulator (own process: a neuron-less integrator of the FC currents).
-
-    At Lava step τ the input belongs to stream step ``r = τ − latency`` (clip ``r // period``,
-    time step ``r % period``); for ``r ≥ 0`` it adds ``a_in + bias`` to that clip's logits,
-    starting from 0 at the clip's first step. ``logits`` is a ring of ``depth`` clips.
-
-    Parameters
-    ----------
-    classes : int
-    bias : int array ``(classes,)`` — integer readout bias, added every step (as the twin).
-    period : int — steps per clip (T_s).
-    latency : int — Lava steps from the input to the readout (``meta["readout_latency"]``).
-    depth : int — clips held in the ring.
-    """
-
-    def __init__(self, *, classes: int, bias, period: int, latency: int, depth: int, name=None):
-        super().__init__(period=int(period), latency=int(latency), depth=int(depth), name=name)
-        self.a_in = InPort(shape=(classes,))
-        self.bias = Var(shape=(classes,), init=np.asarray(bias, dtype=np.int64))
-        self.logits = Var(shape=(depth, classes), init=0)
+PROBE_FILES = {"spikes": np.int8, "u": np.int32, "v": np.int32}
 
 
-@implements(proc=Readout, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("fixed_pt")
-class PyReadoutModelFixed(PyLoihiProcessModel):
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
-    bias: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=32)
-    logits: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=64)
-
-    def run_spk(self):
-        a = self.a_in.recv().astype(np.int64)
-        r = self.time_step - self.proc_params["latency"]
-        if r < 0:
-            return
-        period = self.proc_params["period"]
-        slot = (r // period) % self.proc_params["depth"]
-        if r % period == 0:
-            self.logits[slot] = 0
-        self.logits[slot] += a + self.bias
+def open_trace(path, name: str, depth: int, n: int, mode: str = "r"):
+    """The memory map ``(depth, n)`` of one :class:`GroupProbe` file ``path/<name>.bin``."""
+    return np.memmap(os.path.join(path, f"{name}.bin"), dtype=PROBE_FILES.get(name, np.int32), mode=mode,
+                     shape=(depth, n))
 
 
 class GroupProbe(AbstractProcess):
@@ -184,8 +96,8 @@ class GroupProbe(AbstractProcess):
     (read in the post-management phase, as lava's ``Monitor`` does).
 
     Step τ (1-based) is stored in row ``(τ − 1) % depth`` of three memory-mapped files in
-    ``path`` (``spikes.i8``, ``u.i32``, ``v.i32``, each ``(depth, n)``), which the host
-    reads between runs: lava's ``Var.get`` relays arrays element by element through the
+    ``path`` (``spikes.bin`` int8, ``u.bin``, ``v.bin`` int32, each ``(depth, n)``), which the
+    host reads between runs: lava's ``Var.get`` relays arrays element by element through the
     runtime service, which took minutes per read for a (56, 8320) buffer.
     """
 
@@ -194,16 +106,6 @@ class GroupProbe(AbstractProcess):
         self.s_in = InPort(shape=(n,))
         self.u_ref = RefPort(shape=(n,))
         self.v_ref = RefPort(shape=(n,))
-
-
-PROBE_FILES = {"spikes": np.int8, "u": np.int32, "v": np.int32}
-
-
-def open_trace(path, name: str, depth: int, n: int, mode: str = "r"):
-    """The memory map of one :class:`GroupProbe` / :class:`GradedInput` file."""
-    import os
-    return np.memmap(os.path.join(path, f"{name}.bin"), dtype=PROBE_FILES.get(name, np.int32), mode=mode,
-                     shape=(depth, n))
 
 
 @implements(proc=GroupProbe, protocol=LoihiProtocol)
@@ -232,28 +134,48 @@ class PyGroupProbeModelFixed(PyLoihiProcessModel):
         self._maps()["v"][row] = self.v_ref.read()
 
 
-class GradedInput(AbstractProcess):
-    """Host-side first layer: sends the precomputed integer currents of clip
-    ``(τ − 1) // period`` at Lava step τ (zeros after the last clip) — own process, the
-    graded-input source. The currents ``(clips, n)`` int32 are read from a memory-mapped
-    file ``path/currents.bin`` (lava's ``RingBuffer`` would need a ``Var.set`` per chunk,
-    which lava relays element by element).
-    """
+def conv_fast(x: np.ndarray, weight: np.ndarray, stride, padding) -> np.ndarray:
+    """Lava's ``Conv`` arithmetic (a true convolution: the kernel is flipped, see
+    ``lava/proc/conv/utils.py::conv_scipy``) on ``x (X, Y, C)`` with ``weight (C', kx, ky, C)``,
+    dilation 1, one group, as one float64 matrix product. Returns ``(X', Y', C')`` float64
+    holding integers (exact while sums stay below 2⁵³)."""
+    kx, ky = int(weight.shape[1]), int(weight.shape[2])
+    px, py = int(padding[0]), int(padding[1])
+    sx, sy = int(stride[0]), int(stride[1])
+    xp = np.pad(np.asarray(x, dtype=np.float64), ((px, px), (py, py), (0, 0)))
+    win = sliding_window_view(xp, (kx, ky), axis=(0, 1))[::sx, ::sy]  # (X', Y', C, kx, ky)
+    wf = np.asarray(weight, dtype=np.float64)[:, ::-1, ::-1, :]  # flip: convolution
+    if kx == 1 and ky == 1:
+        return win[..., 0, 0] @ wf[:, 0, 0, :].T
+    return np.einsum("xycij,oijc->xyo", win, wf, optimize=True)
 
-    def __init__(self, *, n: int, clips: int, period: int, path: str, name=None):
-        super().__init__(n=int(n), clips=int(clips), period=int(period), path=str(path), name=name)
-        self.s_out = OutPort(shape=(n,))
 
-
-@implements(proc=GradedInput, protocol=LoihiProtocol)
+@implements(proc=Conv, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("fixed_pt")
-class PyGradedInputModelFixed(PyLoihiProcessModel):
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+class PyConvModelFixedFast(PyLoihiProcessModel):
+    """Stand-in for lava's ``PyConvModelFixed`` (same ports, Vars and integers; see the module
+    docstring). Dilation ≠ 1 or groups ≠ 1 are refused at the first step (``ValueError``)."""
 
-    def run_spk(self):
-        p = self.proc_params
-        if not hasattr(self, "data"):
-            self.data = open_trace(p["path"], "currents", p["clips"], p["n"])
-        k = (self.time_step - 1) // p["period"]
-        self.s_out.send(np.array(self.data[k]) if k < p["clips"] else np.zeros(p["n"], dtype=np.int32))
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+    a_buf: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    weight: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=8)
+    kernel_size: np.ndarray = LavaPyType(np.ndarray, np.int8, precision=8)
+    stride: np.ndarray = LavaPyType(np.ndarray, np.int8, precision=8)
+    padding: np.ndarray = LavaPyType(np.ndarray, np.int8, precision=8)
+    dilation: np.ndarray = LavaPyType(np.ndarray, np.int8, precision=8)
+    groups: np.ndarray = LavaPyType(np.ndarray, np.int8, precision=8)
+    num_message_bits: np.ndarray = LavaPyType(np.ndarray, np.int8, precision=5)
+    weight_exp: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=8)
+    num_weight_bits: np.ndarray = LavaPyType(np.ndarray, np.int8, precision=5)
+
+    def run_spk(self) -> None:
+        if np.any(self.dilation != 1) or int(self.groups[0]) != 1:
+            raise ValueError("PyConvModelFixedFast supports dilation 1 and groups 1 only")
+        self.a_out.send(self.a_buf)
+        s_in = self.s_in.recv()
+        if self.num_message_bits.item() == 0:
+            s_in = s_in.astype(bool)
+        out = conv_fast(s_in, self.weight, self.stride, self.padding)
+        self.a_buf = conv_utils.signed_clamp(out, bits=24).astype(np.int32)

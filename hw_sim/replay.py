@@ -19,7 +19,7 @@ from mksgn.energy import DEFAULT_45NM, EnergyModel
 
 from .errors import SimError
 from .events import dense_flops, lava_events, twin_events
-from .network import LavaNetwork, build_network, host_macs, input_currents
+from .network import LAVA_OFFSET, LavaNetwork, build_network, host_macs, input_coordinates
 
 __all__ = ["Mismatch", "ReplayResult", "replay", "compare_clip"]
 
@@ -48,13 +48,17 @@ class Mismatch:
 
 
 def compare_clip(clip: int, graph: Graph, shapes: dict, lava: dict, twin: dict,
-                 lava_logits: np.ndarray, twin_logits: np.ndarray) -> Mismatch | None:
+                 lava_logits: np.ndarray, twin_logits: np.ndarray, lava_mid: dict | None = None,
+                 twin_mid: dict | None = None) -> Mismatch | None:
     """Exact comparison of one clip.
 
     Parameters
     ----------
     lava, twin : dict group → dict var → int array ``(T_s, n)`` (var in spikes, u, v)
     lava_logits, twin_logits : int arrays ``(classes,)``
+    lava_mid, twin_mid : dict attention synapse → int array ``(T_s, n)`` — the attention's
+        middle population (``Q Kᵀ`` or ``Kᵀ V``), compared at its own Lava step (the target's
+        latency − 2), reported as group ``"<synapse>:mid"``, var ``values``
 
     Returns
     -------
@@ -71,7 +75,20 @@ def compare_clip(clip: int, graph: Graph, shapes: dict, lava: dict, twin: dict,
             key = (t + g.latency, order)
             if best is None or key < best[0]:
                 idx = tuple(int(z) for z in np.unravel_index(j, shapes[name]))
-                best = (key, Mismatch(clip, name, var, t, t + g.latency, j, idx, int(a[t, j]), int(b[t, j])))
+                best = (key, Mismatch(clip, name, var, t, t + g.latency + LAVA_OFFSET, j, idx, int(a[t, j]),
+                                      int(b[t, j])))
+    for name, a in (lava_mid or {}).items():
+        b = twin_mid[name]
+        diff = np.argwhere(a != b)
+        if len(diff) == 0:
+            continue
+        s = graph.synapses[name]
+        t, j = (int(z) for z in diff[0])
+        lat = graph.groups[s.target].latency - 2
+        key = (t + lat, -1)
+        if best is None or key < best[0]:
+            best = (key, Mismatch(clip, f"{name}:mid", "values", t, t + lat + LAVA_OFFSET, j, (j,), int(a[t, j]),
+                                  int(b[t, j])))
     if best is not None:
         return best[1]
     diff = np.flatnonzero(lava_logits != twin_logits)
@@ -93,6 +110,10 @@ class ReplayResult:
     lava_pred, twin_pred : int arrays ``(clips,)``
     labels : int array or None
     events_lava, events_twin : dict synapse → total events over all clips
+    events_hops : dict ``"synapse/hop"`` → total events over all clips (Lava), one entry per
+        Lava connection kind (``conv``, ``floor``, ``sparse``, attention hops, ...)
+    mapping : dict synapse → Lava mapping; stored_weights : dict synapse → weights stored
+    processes : int — Lava processes of the run
     spikes : dict group → total spikes (Lava)
     neurons : dict group → neurons per clip
     host_macs : int — first-layer MACs per clip
@@ -117,6 +138,10 @@ class ReplayResult:
     seconds: float
     twin_seconds: float
     shapes: dict = field(default_factory=dict)
+    events_hops: dict = field(default_factory=dict)
+    mapping: dict = field(default_factory=dict)
+    stored_weights: dict = field(default_factory=dict)
+    processes: int = 0
 
     @property
     def events_equal(self) -> bool:
@@ -193,6 +218,10 @@ class ReplayResult:
             "seconds_per_clip_lava": self.seconds / max(self.clips, 1),
             "seconds_per_clip_twin": self.twin_seconds / max(self.clips, 1),
             "arch": self.graph.meta.get("arch"),
+            "events_per_hop_per_clip": {k: v / max(self.clips, 1) for k, v in self.events_hops.items()},
+            "mapping": dict(self.mapping),
+            "stored_weights": dict(self.stored_weights),
+            "lava_processes": self.processes,
         }
 
 
@@ -231,8 +260,8 @@ def replay(graph: Graph, x: torch.Tensor, labels=None, *, chunk: int = 4, timeou
     if N == 0:
         raise SimError("no clips to replay")
     t0 = time.perf_counter()
-    currents = input_currents(graph, x)
-    net: LavaNetwork = build_network(graph, currents, chunk=chunk)
+    coords = input_coordinates(graph, x)
+    net: LavaNetwork = build_network(graph, coords, chunk=chunk)
     P = net.period
     M = int(graph.input_shape[3])
     per_body = {n: net.shapes[n][0] for n in graph.groups}
@@ -246,6 +275,10 @@ def replay(graph: Graph, x: torch.Tensor, labels=None, *, chunk: int = 4, timeou
     twin_pred = np.full(N, -1)
     ev_lava: dict = {}
     ev_twin: dict = {}
+    ev_hops: dict = {}
+    aux_labels = list(net.aux)
+    done_aux = {a: 0 for a in aux_labels}
+    mids = [s.name for s in graph.synapses.values() if s.kind == "attention"]
     spikes_total = {n: 0 for n in groups}
     twin_seconds = 0.0
     finished = 0
@@ -260,12 +293,15 @@ def replay(graph: Graph, x: torch.Tensor, labels=None, *, chunk: int = 4, timeou
         lava_pred[k] = int(np.argmax(rec["logits"]))
         for n in groups:
             spikes_total[n] += int(rec[n]["spikes"].sum())
-        ev = lava_events(graph, net.fan_outs, {n: rec[n]["spikes"] for n in groups}, net.shapes)
+        ev, hops = lava_events(net.event_terms, {n: rec[n]["spikes"] for n in groups}, rec["aux"])
         for key, val in ev.items():
             ev_lava[key] = ev_lava.get(key, 0) + val
+        for key, val in hops.items():
+            ev_hops[key] = ev_hops.get(key, 0) + val
         if tw is not None:
             twin_pred[k] = int(np.argmax(tw["logits"]))
-            mm = compare_clip(k, graph, net.shapes, rec, tw["groups"], rec["logits"], tw["logits"])
+            mm = compare_clip(k, graph, net.shapes, rec, tw["groups"], rec["logits"], tw["logits"],
+                              {m: rec["aux"][f"{m}:mid"] for m in mids}, tw["mid"])
             if mm is not None:
                 mismatches.append(mm)
             for key, val in tw["events"].items():
@@ -283,6 +319,13 @@ def replay(graph: Graph, x: torch.Tensor, labels=None, *, chunk: int = 4, timeou
                 for j, k in enumerate(range(done[n], f)):
                     pending.setdefault(k, {})[n] = {v: data[v][j] for v in VARS}
                 done[n] = f
+        for a in aux_labels:
+            f = min(net.finished(net.aux[a]["latency"]), N)
+            if f > done_aux[a]:
+                data = net.read_aux(a, range(done_aux[a], f))
+                for j, k in enumerate(range(done_aux[a], f)):
+                    pending.setdefault(k, {}).setdefault("aux", {})[a] = data[j]
+                done_aux[a] = f
         f = min(net.finished(net.readout_latency), N)
         if f > done_logits:
             logits = net.read_logits(range(done_logits, f))
@@ -290,7 +333,8 @@ def replay(graph: Graph, x: torch.Tensor, labels=None, *, chunk: int = 4, timeou
                 pending.setdefault(k, {})["logits"] = logits[j]
             done_logits = f
         for k in sorted(pending):
-            if len(pending[k]) == len(groups) + 1:
+            if len(pending[k]) == len(groups) + 1 + bool(aux_labels) and \
+                    len(pending[k].get("aux", {})) == len(aux_labels):
                 finalize(k)
 
     try:
@@ -304,12 +348,15 @@ def replay(graph: Graph, x: torch.Tensor, labels=None, *, chunk: int = 4, timeou
                                "u": _clip_slice(res.u[n], i, per_body[n]),
                                "v": _clip_slice(res.v[n], i, per_body[n])} for n in groups}
                     clip_sp = {n: res.spikes[n][:, i * per_body[n]:(i + 1) * per_body[n]] for n in groups}
-                    twin_cache[k] = {"groups": grp, "logits": res.logits[i].numpy().astype(np.int64),
+                    mid = {m: res.attention_mid[m][:, i * per_body[graph.synapses[m].target]:
+                                                   (i + 1) * per_body[graph.synapses[m].target]]
+                           .reshape(P, -1).numpy().astype(np.int64) for m in mids}
+                    twin_cache[k] = {"groups": grp, "logits": res.logits[i].numpy().astype(np.int64), "mid": mid,
                                      "events": twin_events(reference or graph, clip_sp, M)}
                 twin_seconds += time.perf_counter() - ts
             net.run_steps(len(ks) * P, limit(len(ks) * P))
             collect()
-        drain = net.readout_latency - 1
+        drain = net.drain_steps
         if drain > 0:
             net.run_steps(drain, limit(drain))
             collect()
@@ -324,4 +371,5 @@ def replay(graph: Graph, x: torch.Tensor, labels=None, *, chunk: int = 4, timeou
                         events_lava=ev_lava, events_twin=ev_twin, spikes=spikes_total, neurons=neurons,
                         host_macs=host_macs(graph), flops=dense_flops(graph, net.shapes),
                         seconds=time.perf_counter() - t0 - twin_seconds, twin_seconds=twin_seconds,
-                        shapes=dict(net.shapes))
+                        shapes={n: net.shapes[n] for n in groups}, events_hops=ev_hops, mapping=dict(net.mapping),
+                        stored_weights=dict(net.stored_weights), processes=net.process_count)
