@@ -321,7 +321,7 @@ def _readout_bias(bias_int: np.ndarray, name: str) -> tuple:
     return mant, exp
 
 
-def build_network(graph: Graph, coords: np.ndarray, chunk: int = 4) -> LavaNetwork:
+def build_network(graph: Graph, coords: np.ndarray, chunk: int = 4, shared: bool = True) -> LavaNetwork:
     """Build the Lava processes and connections for a quantised, delay-balanced graph (the
     mapping table is in the module docstring; the rule in :mod:`export.mapping`).
 
@@ -332,6 +332,9 @@ def build_network(graph: Graph, coords: np.ndarray, chunk: int = 4) -> LavaNetwo
         (clip k enters at steps ``k·T_s + 1 … k·T_s + T_s``).
     chunk : int — clips per run chunk (the probe rings hold ``chunk`` clips plus the
         pipeline depth).
+    shared : bool — map temporal and graph convs to ``Conv`` (weights stored once); False
+        unrolls them into ``Sparse`` matrices with the same hops (for the equivalence test
+        and for comparison; needs memory proportional to frames × bodies).
 
     Raises
     ------
@@ -479,20 +482,30 @@ def build_network(graph: Graph, coords: np.ndarray, chunk: int = 4) -> LavaNetwo
             if bound >= 2 ** 23:
                 mapping = "sparse" if mapping == "conv" else mapping
         if mapping in ("conv", "conv+floor") and bound < 2 ** 23:
-            conv = Conv(weight=params["weight"], input_shape=params["input_shape"], padding=params["padding"],
-                        stride=params["stride"], name=label)
+            if shared:
+                conv = Conv(weight=params["weight"], input_shape=params["input_shape"], padding=params["padding"],
+                            stride=params["stride"], name=label)
+                view, out = conv_views(s, src, net.shapes[u], tgt_shape)
+                view.connect(conv.s_in)
+                conv_out = out(conv.a_out)
+                fo = shared_fan_out(graph, s, u, per_clip)
+                stored = int(np.count_nonzero(params["weight"]))
+            else:  # the same hops with the weights unrolled
+                mat = synapse_matrix(graph, s, u, per_clip)
+                conv = sparse(s, u, mat, label, s.weight_exp if mapping == "conv" else 0)
+                src.connect(conv.s_in)
+                conv_out = conv.a_out
+                fo = fan_out(mat)
+                stored = int(mat.nnz)
             net.processes[label] = conv
-            view, out = conv_views(s, src, net.shapes[u], tgt_shape)
-            view.connect(conv.s_in)
-            fo = shared_fan_out(graph, s, u, per_clip)
             net.event_terms.append({"synapse": s.name, "hop": "conv", "trace": ("spikes", u), "fan_out": fo})
-            net.stored_weights[s.name] = net.stored_weights.get(s.name, 0) + int(np.count_nonzero(params["weight"]))
+            net.stored_weights[s.name] = net.stored_weights.get(s.name, 0) + stored
             if mapping == "conv":
-                out(conv.a_out).connect(net.lif[s.target].a_in)
+                conv_out.connect(net.lif[s.target].a_in)
             else:
                 n_t = int(np.prod(tgt_shape))
                 relay = GradedVec(shape=(n_t,), vth=0)
-                out(conv.a_out).connect(relay.a_in)
+                conv_out.connect(relay.a_in)
                 net.processes[f"relay:{label}"] = relay
                 eye = sparse_eye(n_t)
                 floor = sparse(s, u, eye, f"floor:{label}", s.weight_exp, graded=True)

@@ -231,7 +231,8 @@ def _clip_slice(t: torch.Tensor, i: int, per_body: int) -> np.ndarray:
 
 
 def replay(graph: Graph, x: torch.Tensor, labels=None, *, chunk: int = 4, timeout_s: float | None = None,
-           progress=None, compare: bool = True, reference: Graph | None = None) -> ReplayResult:
+           progress=None, compare: bool = True, reference: Graph | None = None,
+           shared: bool = True) -> ReplayResult:
     """Stream clips through the Lava network (one compiled run) and compare with the twin.
 
     Parameters
@@ -245,6 +246,8 @@ def replay(graph: Graph, x: torch.Tensor, labels=None, *, chunk: int = 4, timeou
     compare : bool — run the twin and compare (always done by ``mksgn-sim``).
     reference : Graph or None — the graph the twin runs (default ``graph``); tests plant
         defects in ``graph`` only, to prove the comparison finds them.
+    shared : bool — weight-shared ``Conv`` mapping (default) or the unrolled one
+        (:func:`~hw_sim.network.build_network`).
 
     Returns
     -------
@@ -261,7 +264,7 @@ def replay(graph: Graph, x: torch.Tensor, labels=None, *, chunk: int = 4, timeou
         raise SimError("no clips to replay")
     t0 = time.perf_counter()
     coords = input_coordinates(graph, x)
-    net: LavaNetwork = build_network(graph, coords, chunk=chunk)
+    net: LavaNetwork = build_network(graph, coords, chunk=chunk, shared=shared)
     P = net.period
     M = int(graph.input_shape[3])
     per_body = {n: net.shapes[n][0] for n in graph.groups}
