@@ -5,8 +5,11 @@ Per-core limits used (Intel, "Taking Neuromorphic Computing with Loihi 2 to the 
 technology brief, 2021: 128 neuromorphic cores, up to 1 M neurons and 120 M synapses per
 chip): 8,192 neurons per core and 120 M / 128 = 937,500 synapses per core. Synapse counts are
 static connections with a non-zero integer weight (padding positions of temporal convs
-excluded). The spike-spike attention has no static synapses: on a real chip it needs
-microcode or the embedded CPU, flagged in ``notes``.
+excluded). The spike-spike attention is mapped to stock neurons and synapses
+(:mod:`export.mapping`): its product neurons, middle population and six synapse stages are
+counted like every other layer. Per synapse the report gives its Lava mapping, the synapses
+it has unrolled per clip and the weights the mapping stores (a shared ``Conv`` stores its
+kernel once).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import math
 import numpy as np
 
 from .ir import INPUT, LOGITS, Graph
+from .mapping import attention_resources, synapse_mapping
 
 NEURONS_PER_CORE = 8192
 SYNAPSES_PER_CORE = 120_000_000 // 128
@@ -57,39 +61,78 @@ def synapse_count(graph: Graph, s) -> int:
     raise ValueError(s.kind)
 
 
+def stored_weights(graph: Graph, s) -> int:
+    """Weights the Lava mapping of ``s`` stores (non-zero): the kernel once for a shared
+    ``Conv`` (plus one flooring synapse per target neuron and clip for a negative exponent),
+    the unrolled synapses otherwise, the six synapse stages for attention."""
+    m = synapse_mapping(s)
+    w = s.weight_mant if s.weight_mant is not None else s.weight
+    M = int(graph.input_shape[3])
+    if m == "attention":
+        return _attention(graph, s)["synapses"]
+    if m in ("conv", "conv+floor"):
+        n = int(np.count_nonzero(w)) * len(s.sources)
+        return n + (graph.groups[s.target].size * M if m == "conv+floor" else 0)
+    per_body = synapse_count(graph, s) * (1 if s.kind in ("readout", "pool") else M)
+    return per_body * len(s.sources)
+
+
+def _attention(graph: Graph, s) -> dict:
+    C, T, V = graph.groups[s.sources[0]].shape
+    order = s.meta.get("attention_order") or "qk"
+    return attention_resources(order, int(C), int(V), int(T), int(graph.input_shape[3]))
+
+
 def resources(graph: Graph) -> dict:
-    """Per-group resources and the chip estimate (see module docstring for the limits)."""
+    """Per-group and per-synapse resources and the chip estimate (see module docstring)."""
     rows, total_cores, notes = [], 0, []
     fan_out = {n: 0 for n in graph.groups}
+    syn_rows = []
+    M = int(graph.input_shape[3])
     for s in graph.synapses.values():
         for u in s.sources:
             if u in fan_out:
                 fan_out[u] += synapse_count(graph, s)
-        if s.kind == "attention":
-            notes.append(f"{s.name}: spike-spike attention (Q·Kᵀ·V) has no static synapses; on Loihi 2 "
-                         "it needs microcode or the embedded CPU")
+        unrolled = (_attention(graph, s)["synapses"] if s.kind == "attention"
+                    else synapse_count(graph, s) * (1 if s.kind in ("readout", "pool") else M)
+                    * max(1, len([u for u in s.sources if u != INPUT])))
+        syn_rows.append({"name": s.name, "kind": s.kind, "mapping": synapse_mapping(s),
+                         "unrolled_synapses": int(unrolled), "stored_weights": int(stored_weights(graph, s))})
     for name, g in graph.groups.items():
         ins = graph.incoming(name)
-        syn = sum(synapse_count(graph, s) * max(1, len([u for u in s.sources if u != INPUT])) for s in ins)
-        cores = max(math.ceil(g.size / NEURONS_PER_CORE), math.ceil(syn / SYNAPSES_PER_CORE), 1)
+        syn = sum(synapse_count(graph, s) * max(1, len([u for u in s.sources if u != INPUT])) for s in ins
+                  if s.kind != "attention")
+        att = [_attention(graph, s) for s in ins if s.kind == "attention"]
+        extra_n = sum(a["neurons"] for a in att) // M  # per body, like g.size
+        syn += sum(a["synapses"] for a in att) // M
+        cores = max(math.ceil((g.size + extra_n) / NEURONS_PER_CORE), math.ceil(syn / SYNAPSES_PER_CORE), 1)
         total_cores += cores
-        rows.append({"name": name, "neurons": g.size, "synapses_in": syn,
+        rows.append({"name": name, "neurons": g.size + extra_n, "synapses_in": syn,
                      "fan_in": syn / g.size, "fan_out": fan_out[name] / g.size,
-                     "weight_bits": 8, "cores": cores, "latency": g.latency})
+                     "weight_bits": 8, "cores": cores, "latency": g.latency,
+                     "mapping": "+".join(sorted({synapse_mapping(s) for s in ins}))})
+        if att:
+            notes.append(f"{name}: includes its SG-SA block ({att[0]['order']} order: "
+                         f"{sum(a['neurons'] for a in att):,} product/middle neurons per clip)")
     readout = sum(synapse_count(graph, s) for s in graph.incoming(LOGITS))
     return {"limits": {"neurons_per_core": NEURONS_PER_CORE, "synapses_per_core": SYNAPSES_PER_CORE,
                        "cores_per_chip": CORES_PER_CHIP, "source": SOURCE},
-            "groups": rows, "readout_synapses": readout,
+            "groups": rows, "synapses": syn_rows, "readout_synapses": readout,
             "total_neurons": sum(r["neurons"] for r in rows),
             "total_synapses": sum(r["synapses_in"] for r in rows) + readout,
+            "unrolled_synapses_per_clip": sum(r["unrolled_synapses"] for r in syn_rows),
+            "stored_weights": sum(r["stored_weights"] for r in syn_rows),
             "total_cores": total_cores, "fits_one_chip": total_cores <= CORES_PER_CHIP, "notes": notes}
 
 
 def format_resources(res: dict) -> str:
-    lines = [f"{'group':<28} {'neurons':>8} {'synapses':>10} {'fan-in':>7} {'fan-out':>7} {'bits':>4} {'cores':>5}"]
+    lines = [f"{'group':<28} {'neurons':>9} {'synapses':>10} {'fan-in':>7} {'fan-out':>7} {'bits':>4} {'cores':>5}"
+             f"  mapping"]
     for r in res["groups"]:
-        lines.append(f"{r['name']:<28} {r['neurons']:>8,} {r['synapses_in']:>10,} {r['fan_in']:>7.1f} "
-                     f"{r['fan_out']:>7.1f} {r['weight_bits']:>4} {r['cores']:>5}")
+        lines.append(f"{r['name']:<28} {r['neurons']:>9,} {r['synapses_in']:>10,} {r['fan_in']:>7.1f} "
+                     f"{r['fan_out']:>7.1f} {r['weight_bits']:>4} {r['cores']:>5}  {r.get('mapping', '')}")
+    lines.append(f"Lava mapping: {res['stored_weights']:,} stored weights for "
+                 f"{res['unrolled_synapses_per_clip']:,} unrolled synapses per clip")
     lines.append(f"total: {res['total_neurons']:,} neurons, {res['total_synapses']:,} synapses, "
                  f"{res['total_cores']} cores — {'fits' if res['fits_one_chip'] else 'does NOT fit'} one "
                  f"Loihi 2 chip ({res['limits']['cores_per_chip']} cores)")

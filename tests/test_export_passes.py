@@ -82,11 +82,14 @@ def test_balance_delays_mksgn_layer():
     g = balance_delays(tiny_quantised("mksgn")[1])
     lat = g.meta["latency"]
     p = "layers.0"
-    assert lat[f"{p}.sg_sa.lifq"] == lat[f"{p}.sg_sa.lifv"] + 1
-    # V waits one step for Q and K; H0 waits for the attention path before the STC
-    assert g.synapses[f"{p}.sg_sa.attn"].meta["delays"][f"{p}.sg_sa.lifv"] == 1
-    assert g.synapses[f"{p}.stc.tconv"].meta["delays"][f"{p}.sa_sgc.lif1"] == 3
-    assert lat[f"{p}.stc.lif"] - lat["sc.lif"] == 5
+    att = g.synapses[f"{p}.sg_sa.attn"]
+    # width 0.125: C = 8 < V = 20, so K·V is formed first (K, V take 4 hops, Q 2)
+    assert att.meta["attention_order"] == "kv"
+    # each input reaches the attention output when lifkv integrates
+    d = att.meta["delays"]
+    assert lat[f"{p}.sg_sa.lifq"] + d[f"{p}.sg_sa.lifq"] + 2 == lat[f"{p}.sg_sa.lifkv"]
+    assert lat[f"{p}.sg_sa.lifk"] + d[f"{p}.sg_sa.lifk"] + 4 == lat[f"{p}.sg_sa.lifkv"]
+    assert lat[f"{p}.sg_sa.lifv"] + d[f"{p}.sg_sa.lifv"] + 4 == lat[f"{p}.sg_sa.lifkv"]
 
 
 def test_quantise_error_bounds():
