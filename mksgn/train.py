@@ -132,6 +132,11 @@ class TrainConfig:
         student's). It follows the student's warm-up and step schedule (scaled by
         ``kd_ftm_lr / lr``; Table 5 "decay rate 0.1/0.1") with the same ``momentum``,
         ``weight_decay`` (Table 5: 1e-4) and ``nesterov``.
+
+    device : str
+        Torch device of the model, the teachers and the batches: ``"cpu"`` (default) or
+        ``"cuda"`` / ``"cuda:N"`` (``mksgn-train --device`` overrides). Data loading and
+        augmentation stay on the CPU; checkpoints are always written with CPU tensors.
     """
 
     epochs: int = 64
@@ -168,6 +173,7 @@ class TrainConfig:
     kd_beta1: float = 1.0
     kd_beta2: float = 1.0
     kd_ftm_lr: float = 0.1
+    device: str = "cpu"
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -215,6 +221,7 @@ class TrainConfig:
                 or not all(num(w) and w >= 0 for w in cfg.smf_init_weight)):
             raise ConfigError(f"train.smf_init_weight must be {len(MODALITIES)} numbers >= 0 in the order "
                               f"{list(MODALITIES)} (got {cfg.smf_init_weight!r})")
+        _device(cfg.device)  # a bad name is refused here, a missing GPU only when training starts
         if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
             raise ConfigError("train.epochs and train.batch_size must be ≥ 1 and train.lr > 0")
         if not 0 <= cfg.weight_noise < 1:
@@ -231,6 +238,37 @@ class TrainConfig:
         if self.lr_schedule:
             return float([lr for start, lr in sorted(self.lr_schedule) if epoch >= start][-1])
         return self.lr * self.lr_gamma ** sum(epoch >= s for s in self.lr_steps)
+
+
+def _device(name) -> torch.device:
+    """``train.device`` as a torch device; ConfigError unless it names the CPU or a CUDA GPU."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"train.device must be 'cpu' or 'cuda' (or 'cuda:N'), got {name!r}")
+    return dev
+
+
+def _to(x, device: torch.device):
+    """A batch (tensor, or dict modality → tensor) on ``device``; unchanged on the CPU."""
+    if isinstance(x, dict):
+        return {k: v.to(device) for k, v in x.items()}
+    return x.to(device)
+
+
+def _cpu(obj):
+    """``obj`` (nested dicts / lists / tuples of tensors) with every tensor on the CPU, so a
+    checkpoint written on a GPU loads anywhere with ``weights_only=True``; CPU tensors are
+    returned as they are."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
 
 
 def load_config(path: str | Path) -> tuple[ModelConfig, TrainConfig]:
@@ -307,11 +345,12 @@ def evaluate_logits(model, dataset, batch_size: int = 32, progress: bool = True,
     ``modalities``: the model's (default: the dataset's); the input is :func:`model_input`.
     """
     model.eval()
+    device = next(model.parameters()).device  # the batches go where the model is; logits come back
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     mods = dataset.modalities if modalities is None else modalities
     outs, labels = [], []
     for x, y in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
-        outs.append(model(model_input(x, mods, _fusion(model))))
+        outs.append(model(model_input(_to(x, device), mods, _fusion(model))).cpu())
         labels.append(y)
     return torch.cat(outs), torch.cat(labels)
 
@@ -331,7 +370,7 @@ def _payload(model, mcfg, tcfg, train_set, epoch, metrics, opt=None, modalities=
     if opt is not None:
         out["optimizer"] = opt.state_dict()
     out.update(extra or {})
-    return out
+    return _cpu(out)
 
 
 def parent_summary(ckpt: dict, path) -> dict:
@@ -493,7 +532,7 @@ def load_encoders(model, encoders: dict, log=print) -> dict:
 
 def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
           epochs: int | None = None, resume: bool = True, threads: int | None = None,
-          log=print, modality: str | None = None, teachers=None) -> dict:
+          log=print, modality: str | None = None, teachers=None, device: str | None = None) -> dict:
     """Train a model from a config file on a real dataset; returns the final metrics.
 
     Parameters
@@ -509,6 +548,8 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
     teachers : sequence of paths, optional
         Overrides ``train.teachers``: four CTR-GCN stream checkpoints, one per modality.
         Non-empty switches on distillation (eq. 32; :mod:`mksgn.distill`).
+    device : ``"cpu"`` or ``"cuda"``, optional
+        Overrides ``train.device`` (where the model, teachers and batches live).
 
     Four-modality MK-SGN (``model.fusion = "smf"``): the model input is the dict of the four
     modalities; the MINE statistics networks are trained by their own optimiser
@@ -548,6 +589,12 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
         tcfg.modalities = [modality]
     if teachers is not None and len(teachers):
         tcfg.teachers = [str(t) for t in teachers]
+    if device is not None:
+        tcfg.device = device
+    dev = _device(tcfg.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {tcfg.device!r} requested but this torch ({torch.__version__}) sees no CUDA "
+                          "GPU (torch.cuda.is_available() is False); use --device cpu")
     student_mods = _student_modalities(mcfg, tcfg, config_path)
     tcfg.modalities = list(student_mods)
     smf = mcfg.fusion == "smf"
@@ -561,6 +608,7 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
             raise ConfigError(f"{config_path}: distillation (--teacher) needs an MK-SGN student (model.arch "
                               f"'mksgn': its layers 3 and 5 match teacher layers 5 and 8), got {mcfg.arch!r}")
         t_models, t_info = load_teachers(tcfg.teachers, mcfg.layout, mcfg.num_classes)
+        t_models = {m: t.to(dev) for m, t in t_models.items()}
     seed_everything(tcfg.seed)
     data_mods = list(MODALITIES) if tcfg.teachers else student_mods
     train_set = SkeletonDataset(data_root, "train", data_mods, tcfg.protocol, seed=tcfg.seed, progress=True)
@@ -569,7 +617,7 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
         raise ConfigError(f"{config_path}: model.layout is {mcfg.layout!r} but the data is "
                           f"{train_set.layout.name!r}")
     model = build_model(mcfg, with_estimator=smf, smf_momentum=tcfg.smf_momentum,
-                        estimator_hidden=tcfg.mine_hidden)
+                        estimator_hidden=tcfg.mine_hidden).to(dev)
     if tcfg.trainable:
         freeze_except(model, tcfg.trainable, model.estimator_parameters() if smf else ())
     net_params = [p for p in (model.network_parameters() if smf else model.parameters()) if p.requires_grad]
@@ -579,6 +627,7 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
     ftm_opt = None
     if tcfg.teachers:
         kd = _Distiller(t_models, t_info, mcfg, tcfg)
+        kd.ftms.to(dev)
         ftm_opt = torch.optim.SGD(kd.ftms.parameters(), lr=tcfg.kd_ftm_lr, momentum=tcfg.momentum,
                                   weight_decay=tcfg.weight_decay, nesterov=tcfg.nesterov)
     start, history = 0, []
@@ -661,6 +710,7 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
             if smf:  # SMF.forward runs the estimators only on these batches
                 model.sc.estimate = estimate
             clean = _perturb_weights(model, tcfg.weight_noise, model.sc.estimators if smf else None)
+            x, y = _to(x, dev), y.to(dev)
             x_in = model_input(x, student_mods, mcfg.fusion)
             if kd is not None:
                 terms, logits = kd.loss(model, x_in, x, y)

@@ -148,6 +148,22 @@ def test_eval_cli_errors(tmp_path, small_ucla):
     assert "not a readable torch checkpoint" in r.stderr
 
 
+def test_device_defaults_to_cpu_and_a_missing_gpu_is_a_clean_error(tmp_path, small_ucla):
+    _, tcfg = load_config(write_config(tmp_path / "cfg.json"))
+    assert tcfg.device == "cpu"
+    with pytest.raises(ConfigError, match="train.device"):
+        load_config(write_config(tmp_path / "bad.json", train={"device": "tpu"}))
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: --device cuda would train")
+    exe = Path(sys.executable).parent / "mksgn-train"
+    r = subprocess.run([str(exe), "--config", str(tmp_path / "cfg.json"), "--data", str(small_ucla),
+                        "--out", str(tmp_path / "out"), "--device", "cuda"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "sees no CUDA GPU" in r.stderr and "--device cpu" in r.stderr
+    assert not (tmp_path / "out" / "last.pt").exists()
+
+
 def test_weight_noise_perturbs_synapses_only_and_restores_exactly():
     from mksgn.models import ModelConfig, build_model
     from mksgn.train import _perturb_weights, _restore_weights

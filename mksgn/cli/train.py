@@ -29,9 +29,12 @@ from .common import run
                    "joint_motion, bone_motion: each checkpoint's data.modalities says which). Switches on "
                    "GCN-to-SGN distillation (paper eq. 25-32) with the kd_* settings of the config; replaces "
                    "train.teachers.")
-def cli(config, data, out_dir, epochs, no_resume, threads, modality, teachers):
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="Train on the CPU or a CUDA GPU (overrides train.device, default cpu); checkpoints are "
+                   "written with CPU tensors either way.")
+def cli(config, data, out_dir, epochs, no_resume, threads, modality, teachers, device):
     train(config, data, out_dir, epochs=epochs, resume=not no_resume, threads=threads, log=click.echo,
-          modality=modality, teachers=list(teachers) or None)
+          modality=modality, teachers=list(teachers) or None, device=device)
 
 
 main = run(cli)
