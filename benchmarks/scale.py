@@ -41,6 +41,8 @@ from mksgn.io import UCLA_CLASS_NAMES  # noqa: E402
 from mksgn.models import ModelConfig, build_model  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "nw-ucla"
+#: The run is stopped when the process tree's PSS passes this (the machine has 24 GB).
+LIMIT_MB = 20_000.0
 
 
 def _children() -> dict:
@@ -79,10 +81,15 @@ def tree_pss_mb(root: int | None = None) -> tuple:
 
 
 class PeakPss:
-    """Samples :func:`tree_pss_mb` every ``interval`` s in a thread; ``peak_mb``, ``peak_procs``."""
+    """Samples :func:`tree_pss_mb` every ``interval`` s in a thread; ``peak_mb``, ``peak_procs``.
 
-    def __init__(self, interval: float = 1.0):
+    ``limit_mb``: when the tree's PSS passes it, every descendant process is killed (the Lava
+    run then fails with a ``SimError``) and ``over_limit`` is set — so a run that would
+    exhaust the machine stops first."""
+
+    def __init__(self, interval: float = 1.0, limit_mb: float | None = None):
         self.interval, self.peak_mb, self.peak_procs = interval, 0.0, 0
+        self.limit_mb, self.over_limit = limit_mb, False
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -90,6 +97,16 @@ class PeakPss:
         while not self._stop.is_set():
             mb, n = tree_pss_mb()
             self.peak_mb, self.peak_procs = max(self.peak_mb, mb), max(self.peak_procs, n)
+            if self.limit_mb and mb > self.limit_mb and not self.over_limit:
+                self.over_limit = True
+                import signal
+                par = _children()
+                for p, pp in par.items():
+                    if pp == os.getpid():
+                        try:
+                            os.kill(p, signal.SIGKILL)
+                        except OSError:
+                            pass
             self._stop.wait(self.interval)
 
     def __enter__(self):
@@ -127,8 +144,15 @@ def measure(ckpt: Path, clips, workdir: Path, label: str) -> dict:
     manifest = json.loads((out / "manifest.json").read_text())
     x, labels = load_clips(manifest, DATA, "test", clips)
     res_json = json.loads((out / "resources.json").read_text())
-    with PeakPss(1.0) as mem:
-        r = replay(graph, x, labels, chunk=4)
+    with PeakPss(1.0, limit_mb=LIMIT_MB) as mem:
+        try:
+            r = replay(graph, x, labels, chunk=4, timeout_s=3600)
+        except Exception as exc:  # noqa: BLE001 - reported as a row
+            if not mem.over_limit:
+                raise
+            return {"label": label, "stopped": f"peak PSS over {LIMIT_MB:.0f} MB: {type(exc).__name__}",
+                    "peak_pss_mb": mem.peak_mb, "peak_os_processes": mem.peak_procs, "export_s": export_s,
+                    "export_peak_pss_mb": mem_export.peak_mb}
     d = r.to_dict()
     sd = torch.load(ckpt, weights_only=True)["state_dict"]
     return {"label": label, "params": int(sum(v.numel() for k, v in sd.items() if "running" not in k and "num_batches" not in k)),
@@ -163,6 +187,9 @@ def main(argv=None) -> int:
            f"{'bit-exact':>9} {'s/clip':>7} {'procs':>5} {'peak PSS MB':>11}")
     print(hdr)
     for r in rows:
+        if "stopped" in r:
+            print(f"{r['label']:<22} stopped: {r['stopped']} (export {r['export_s']:.0f} s)")
+            continue
         print(f"{r['label']:<22} {r['params']:>9,} {r['neurons'] or 0:>10,} {r['export_s']:>8.0f} "
               f"{r['export_peak_pss_mb']:>9.0f} {r['clips']:>5} {str(r['bit_exact']):>9} {r['s_per_clip']:>7.1f} "
               f"{r['lava_processes']:>5} {r['peak_pss_mb']:>11.0f}")

@@ -36,6 +36,7 @@ left shift (``weight_exp ≥ 0``; checked).
 """
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import shutil
@@ -177,6 +178,12 @@ class LavaNetwork:
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 box["error"] = exc
 
+        if not self.started:
+            # Lava forks one OS process per Lava process at the first run. Freezing the
+            # collector keeps the children's garbage collection from touching (and so
+            # copying) every page of the parent's object heap they inherited.
+            gc.collect()
+            gc.freeze()
         self.started = True
         worker = threading.Thread(target=target, daemon=True)
         worker.start()
@@ -197,6 +204,7 @@ class LavaNetwork:
                 shutil.rmtree(self.trace_dir, ignore_errors=True)
             return
         self.started = False
+        gc.unfreeze()
         worker = threading.Thread(target=self.anchor.stop, daemon=True)
         worker.start()
         worker.join(timeout_s)

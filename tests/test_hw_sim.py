@@ -65,7 +65,8 @@ def test_matrices_match_the_static_synapse_counts(graph):
 
 
 def test_mksgn_sim_bit_exact_on_real_clips(export_dir, tmp_path):
-    """The main job end to end: mksgn-sim on 2 real test clips, every group, step, spike,
+    """The main job end to end: mksgn-sim on 2 real test clips (stock-process attention
+    included), every group, step, spike,
     u, v and the logits equal; measured events equal the twin's; report and plots written."""
     rep_path = tmp_path / "report.json"
     r = subprocess.run([str(SIM), str(export_dir), "--data", str(UCLA), "--clips", "2", "--report", str(rep_path),
@@ -138,11 +139,12 @@ def test_tampered_or_incomplete_export_is_refused(export_dir, tmp_path):
         simulate(d, UCLA, clips=1, progress=False)
 
 
-def test_runtime_stopped_after_an_error_mid_run(graph):
+def test_runtime_stopped_after_an_error_mid_run():
     """A process model that fails during the run: SimError, and no Lava worker process or
     trace folder is left behind. (lava-nc 0.10 does not always report a process model's
     exception to the caller — the run then waits forever — so the watchdog's "stuck" error is
     the other accepted outcome.)"""
+    graph = tiny_quantised("base_sgn")[1]  # the smaller graph: the fault, not the size, is tested
     net = build_network(graph, input_coordinates(graph, real_clips("test", 1)), chunk=1)
     first = next(iter(net.probe_dirs.values()))
     os.remove(os.path.join(first, "spikes.bin"))  # the probe opens it at step 1

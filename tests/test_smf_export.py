@@ -107,6 +107,7 @@ def test_input_modalities_rule():
         input_modalities({"modalities": ["joint", "bone"]})
 
 
+@pytest.mark.slow
 def test_smf_export_replays_bit_exact_in_lava(smf, tmp_path):
     """The main job for a four-modality checkpoint: mksgn-export --target lava, then the Lava
     replay of a real test clip (four modalities read from the manifest) equals the twin in
