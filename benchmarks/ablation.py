@@ -1,5 +1,5 @@
 """The paper's Table 1 ablation on our data: Base-SGN*, MK-SGN 1-modal, 1-modal + KD, 4-modal,
-4-modal + KD on NW-UCLA — Param (M), time steps, modalities, KD, SOPs (G), FLOPs (G), energy (mJ)
+4-modal + KD, and 4-modal + KD with the fusion rule of eq. 23 as printed, on NW-UCLA — Param (M), time steps, modalities, KD, SOPs (G), FLOPs (G), energy (mJ)
 and top-1 (%) per row, as a Markdown table and JSON.
 
 Each row is a checkpoint. Rows come from ``--row NAME=CHECKPOINT`` (an existing checkpoint,
@@ -41,8 +41,12 @@ ROWS = [
     ("base_sgn", "Base-SGN*", "configs/base_sgn_ucla_joint_narrow.json", False),
     ("mksgn_1modal", "MK-SGN, 1 modality", "configs/mksgn_ucla_joint_narrow.json", False),
     ("mksgn_1modal_kd", "MK-SGN, 1 modality + KD", "configs/mksgn_ucla_joint_narrow.json", True),
-    ("mksgn_4modal", "MK-SGN, 4 modalities", "configs/mksgn_ucla_4modal_kd_narrow.json", False),
-    ("mksgn_4modal_kd", "MK-SGN, 4 modalities + KD", "configs/mksgn_ucla_4modal_kd_narrow.json", True),
+    ("mksgn_4modal", "MK-SGN, 4 modalities", "configs/mksgn_ucla_4modal_share.json", False),
+    ("mksgn_4modal_kd", "MK-SGN, 4 modalities + KD", "configs/mksgn_ucla_4modal_share.json", True),
+    # the fusion rule as printed (eq. 22-23, train.smf_weights "paper"); the rows above use the
+    # default eq. 22 shares (issue 16)
+    ("mksgn_4modal_kd_paper", "MK-SGN, 4 modalities + KD, eq. 23 as printed", "configs/mksgn_ucla_4modal_stable.json",
+     True),
 ]
 COLUMNS = ["model", "Param (M)", "time steps", "modalities", "KD", "SOPs (G)", "FLOPs (G)", "energy (mJ)",
            "top-1 (%)", "checkpoint"]

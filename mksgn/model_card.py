@@ -69,9 +69,15 @@ def write_model_card(checkpoint: str | Path, result: dict, path: str | Path) -> 
         lines.append(f"- noise-aware training: every synaptic weight × (1 + {tr['weight_noise']}·z), z ~ N(0, 1), "
                      "redrawn at every step (`train.weight_noise`)")
     if cfg.get("fusion") == "smf":
+        from .train import checkpoint_fusion_rule
         w = met.get("fusion_weight") or {}
+        rule = checkpoint_fusion_rule(ckpt)
         lines.append("- four-modality MK-SGN: Spiking Multimodal Fusion (SMF, paper eq. 16–24), frozen fusion "
                      "weights (eq. 24) " + ", ".join(f"{m} {v:.4f}" for m, v in w.items())
+                     + (f"; fusion rule `train.smf_weights` {rule!r}: "
+                        + ("eq. 22 alone, each modality's share of the mutual information (deviates from the "
+                           "paper: no eq. 23 min–max, which gives the least-dependent modality weight 0)"
+                           if rule == "share" else "eq. 22–23 as printed"))
                      + f"; MINE estimators (LSTM hidden {tr.get('mine_hidden')}, {tr.get('mine_optimizer')} "
                        f"lr {tr.get('mine_lr')}, running-average momentum {tr.get('smf_momentum')}) used in "
                        "training only, not in this file")

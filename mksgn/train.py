@@ -30,10 +30,11 @@ from .checkpoint import git_revision, load_checkpoint, load_state, save_checkpoi
 from .data import SkeletonDataset
 from .errors import ConfigError
 from .models import ModelConfig, build_model
+from .models.smf import FUSION_RULES
 from .preprocess import MODALITIES
 
 __all__ = ["TrainConfig", "load_config", "train", "model_input", "evaluate_logits", "DEFAULT_ALPHAS",
-           "MINE_OPTIMIZERS"]
+           "MINE_OPTIMIZERS", "checkpoint_fusion_rule"]
 
 DEFAULT_ALPHAS = (0.6, 0.6, 0.4, 0.4)
 """Default ``α`` of eq. 25 (joint, bone, joint motion, bone motion): the weights of the
@@ -110,7 +111,15 @@ class TrainConfig:
         say so) initialises that modality's encoder ``sc.encoders.<m>.*``.
     smf_init_weight : list of 4 floats ≥ 0, or None
         Starting fusion weights (MODALITIES order) instead of the ones of ``init_from``; the
-        running average (``smf_momentum``) then moves them towards eq. 22–23.
+        running average (``smf_momentum``) then moves them towards the rule's weights.
+    smf_weights : {"share", "paper"}
+        Fusion-weight rule (:func:`mksgn.models.smf.fusion_weights`). ``"share"`` (default,
+        issue 16): eq. 22 alone, each modality's share of the mutual information (weights
+        sum to 1, none is 0 while its bounds are positive). ``"paper"``: eq. 22–23 as
+        printed (the min–max of eq. 23 gives the least-dependent modality weight 0 on every
+        batch); the rule of every run before issue 16, and of checkpoints that do not record
+        one. Recorded in checkpoints (``config.train.smf_weights``, ``metrics.fusion_rule``);
+        resuming a ``last.pt`` with another rule is refused.
 
     Distillation (eq. 25–32; on when ``teachers`` is non-empty, e.g. ``mksgn-train --teacher``):
 
@@ -160,6 +169,7 @@ class TrainConfig:
     init_encoders: dict | None = None
     smf_init_weight: list | None = None
     smf_momentum: float = 0.1
+    smf_weights: str = "share"
     mine_hidden: int = 32
     mine_optimizer: str = "adam"
     mine_lr: float = 1e-3
@@ -192,6 +202,9 @@ class TrainConfig:
             v = getattr(cfg, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"train.{name} must be an integer >= 1 (got {v!r})")
+        if cfg.smf_weights not in FUSION_RULES:
+            raise ConfigError(f"train.smf_weights must be one of {list(FUSION_RULES)} (got {cfg.smf_weights!r}): "
+                              '"share" = eq. 22 alone (default), "paper" = eq. 22-23 as printed')
         if cfg.mine_optimizer not in MINE_OPTIMIZERS:
             raise ConfigError(f"train.mine_optimizer must be one of {list(MINE_OPTIMIZERS)} "
                               f"(got {cfg.mine_optimizer!r})")
@@ -475,7 +488,7 @@ def smf_state_from_single(state_dict: dict, modality: str = "joint") -> dict:
     ``sc.<p>`` initialises every encoder ``sc.encoders.<m>.<p>``; ``layers.*`` and ``head.*``
     keep their names. The fusion weights start one-hot on ``modality`` (the one the model was
     trained on), so the student starts as exactly the 1-modality model; the running average
-    (``train.smf_momentum``) then moves them towards eq. 22–23. (Starting at ones would feed
+    (``train.smf_momentum``) then moves them towards the fusion rule's. (Starting at ones would feed
     layer 1 about four times the input it was trained on: train top-1 fell to 35 %.) The MI
     estimators start fresh."""
     if modality not in MODALITIES:
@@ -488,6 +501,16 @@ def smf_state_from_single(state_dict: dict, modality: str = "joint") -> dict:
         else:
             out[k] = v
     return out
+
+
+def checkpoint_fusion_rule(ckpt: dict) -> str | None:
+    """The fusion-weight rule (``train.smf_weights``) a four-modality checkpoint was trained
+    with: the recorded one, else ``"paper"`` (the only rule before issue 16); None for a
+    single-modality checkpoint."""
+    if ckpt.get("config", {}).get("model", {}).get("fusion", "none") != "smf":
+        return None
+    return (ckpt.get("metrics", {}).get("fusion_rule")
+            or ckpt.get("config", {}).get("train", {}).get("smf_weights") or "paper")
 
 
 def freeze_except(model: torch.nn.Module, prefixes, keep=()) -> None:
@@ -617,7 +640,7 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
         raise ConfigError(f"{config_path}: model.layout is {mcfg.layout!r} but the data is "
                           f"{train_set.layout.name!r}")
     model = build_model(mcfg, with_estimator=smf, smf_momentum=tcfg.smf_momentum,
-                        estimator_hidden=tcfg.mine_hidden).to(dev)
+                        estimator_hidden=tcfg.mine_hidden, smf_weights=tcfg.smf_weights).to(dev)
     if tcfg.trainable:
         freeze_except(model, tcfg.trainable, model.estimator_parameters() if smf else ())
     net_params = [p for p in (model.network_parameters() if smf else model.parameters()) if p.requires_grad]
@@ -659,6 +682,10 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
                                              "checkpoints" if "ftm_state" in ckpt else
                                              "is not a distillation run; use --no-resume or another --out "
                                              "to distil"))
+        if smf and checkpoint_fusion_rule(ckpt) != tcfg.smf_weights:
+            raise ConfigError(f"{last}: was trained with fusion rule train.smf_weights "
+                              f"{checkpoint_fusion_rule(ckpt)!r}, the config says {tcfg.smf_weights!r}; "
+                              "resume with the same rule, or use --no-resume / another --out")
         load_state(model, ckpt["state_dict"], last)
         opt.load_state_dict(ckpt["optimizer"])
         if est_opt is not None:
@@ -671,7 +698,7 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
     n_params = sum(p.numel() for p in net_params)
     log(f"{mcfg.arch}{' + SMF' if smf else ''}: {n_params:,} parameters; {len(train_set)} training / "
         f"{len(test_set)} test clips" + (f"; distilling from {len(kd.teachers)} CTR-GCN streams" if kd else ""))
-    fusion_info = {"fusion_modalities": list(MODALITIES)} if smf else {}
+    fusion_info = {"fusion_modalities": list(MODALITIES), "fusion_rule": tcfg.smf_weights} if smf else {}
     if fusion_parents:
         fusion_info["init_encoders"] = fusion_parents
     kd_info = {}

@@ -7,8 +7,8 @@ import torch
 import mksgn.models.smf as smf_mod
 from mksgn.errors import ConfigError
 from mksgn.models import MKSGN, ModelConfig
-from mksgn.models.smf import (PAIRS, SMF, MineEstimator, fusion_weights, mi_lower_bound, mi_matrix,
-                              pair_key)
+from mksgn.models.smf import (FUSION_RULES, PAIRS, SMF, MineEstimator, fusion_weights, mi_lower_bound,
+                              mi_matrix, pair_key)
 from mksgn.neuron import lif_scan
 from mksgn.preprocess import MODALITIES
 
@@ -135,22 +135,66 @@ def test_fusion_weights_equal_eq_22_23_by_hand():
                        [3., 5., 6., 0.]])
     # eq. 22: row sums 6, 10, 12, 14 over the total 42; eq. 23: (x − 6/42) / (8/42)
     expected = torch.tensor([0.0, 4 / 8, 6 / 8, 1.0])
-    assert torch.allclose(fusion_weights(mi), expected, atol=1e-6)
+    assert torch.allclose(fusion_weights(mi, "paper"), expected, atol=1e-6)
     # not symmetric: eq. 22 uses the row sums (dim = 1)
     mi2 = torch.tensor([[0., 3., 0., 0.], [0., 0., 0., 1.], [0., 0., 0., 0.], [0., 0., 2., 0.]])
-    assert torch.allclose(fusion_weights(mi2), torch.tensor([1.0, 1 / 3, 0.0, 2 / 3]), atol=1e-6)
+    assert torch.allclose(fusion_weights(mi2, "paper"), torch.tensor([1.0, 1 / 3, 0.0, 2 / 3]), atol=1e-6)
 
 
+def test_share_rule_is_eq_22_alone_by_hand_and_the_default():
+    mi = torch.tensor([[0., 1., 2., 3.],
+                       [1., 0., 4., 5.],
+                       [2., 4., 0., 6.],
+                       [3., 5., 6., 0.]])
+    expected = torch.tensor([6., 10., 12., 14.]) / 42  # eq. 22: row sums over the total
+    assert torch.allclose(fusion_weights(mi, "share"), expected, atol=1e-6)
+    assert torch.equal(fusion_weights(mi), fusion_weights(mi, "share"))
+    assert FUSION_RULES == ("share", "paper")
+    # all shares equal: eq. 23 is undefined, the share rule gives 1/4 each
+    assert torch.allclose(fusion_weights(torch.ones(4, 4) - torch.eye(4)), torch.full((4,), 0.25))
+
+
+def test_share_rule_keeps_every_modality_for_positive_mi():
+    """Issue 16: for any MI matrix with positive off-diagonal bounds the share rule gives every
+    modality a weight > 0 and the weights sum to 1, while eq. 23 ("paper") always gives the
+    least-dependent modality exactly 0 -- also for the NW-UCLA matrix measured in the interim
+    run's last epoch (bounds <= 0.016 nats except joint motion-bone motion)."""
+    g = torch.Generator().manual_seed(0)
+    for k in range(200):
+        a = torch.rand(4, 4, generator=g) * 10 ** (-3 * torch.rand((), generator=g)) + 1e-6
+        mi = torch.triu(a, 1) + torch.triu(a, 1).T
+        w = fusion_weights(mi)
+        assert (w > 0).all() and w.sum().item() == pytest.approx(1.0, abs=1e-6)
+        assert fusion_weights(mi, "paper").min().item() == 0.0
+    ucla = torch.tensor([[0., 0.0101, 0.0052, 0.0011], [0.0101, 0., 0.0054, 0.0123],
+                         [0.0052, 0.0054, 0., 0.1335], [0.0011, 0.0123, 0.1335, 0.]])
+    assert fusion_weights(ucla).tolist() == pytest.approx([0.049, 0.083, 0.430, 0.438], abs=1e-3)
+    assert fusion_weights(ucla, "paper").tolist() == pytest.approx([0.0, 0.087, 0.978, 1.0], abs=1e-3)
+    # a modality is 0 only when every bound in its row is 0
+    iso = torch.tensor([[0., 0., 0., 0.], [0., 0., 1., 2.], [0., 1., 0., 3.], [0., 2., 3., 0.]])
+    assert fusion_weights(iso).tolist() == pytest.approx([0.0, 3 / 12, 4 / 12, 5 / 12])
+
+
+@pytest.mark.parametrize("rule", FUSION_RULES)
 @pytest.mark.parametrize("mi, what", [
     (torch.zeros(3, 3), "expected a \\(4, 4\\)"),
     (-torch.ones(4, 4), "negative or non-finite"),
     (torch.full((4, 4), float("nan")), "negative or non-finite"),
     (torch.zeros(4, 4), "sum\\(MI\\) is 0"),
-    (torch.ones(4, 4) - torch.eye(4), "all MI_av are equal"),
 ])
-def test_fusion_weights_rejects_bad_or_degenerate_matrices(mi, what):
+def test_fusion_weights_rejects_bad_or_degenerate_matrices(mi, what, rule):
     with pytest.raises(ConfigError, match=what):
-        fusion_weights(mi)
+        fusion_weights(mi, rule)
+
+
+def test_eq_23_undefined_for_equal_shares_and_unknown_rules_refused():
+    with pytest.raises(ConfigError, match="all MI_av are equal"):
+        fusion_weights(torch.ones(4, 4) - torch.eye(4), "paper")
+    for bad in ("minmax", None, 1):
+        with pytest.raises(ConfigError, match="fusion rule"):
+            fusion_weights(torch.ones(4, 4), bad)
+        with pytest.raises(ConfigError, match="fusion rule"):
+            SMF(_cfg(), rule=bad)
 
 
 # --------------------------------------------------------------------------- SMF module
@@ -212,16 +256,21 @@ def test_drop_estimator_state_dict_round_trip_gives_identical_output():
         fresh.estimator_loss()
 
 
-def test_training_forward_moves_buffer_by_the_momentum_rule(monkeypatch):
+@pytest.mark.parametrize("rule, w_batch", [
+    ("paper", [0.0, 0.5, 0.75, 1.0]),  # eq. 22–23 of mi, by hand: the behaviour before issue 16
+    ("share", [6 / 42, 10 / 42, 12 / 42, 14 / 42]),  # eq. 22 alone
+])
+def test_training_forward_moves_buffer_by_the_momentum_rule(monkeypatch, rule, w_batch):
     mi = torch.tensor([[0., 1., 2., 3.], [1., 0., 4., 5.], [2., 4., 0., 6.], [3., 5., 6., 0.]])
     monkeypatch.setattr(smf_mod, "mi_matrix", lambda *a, **k: mi.clone())
-    smf = SMF(_cfg(), momentum=0.25, estimator_hidden=8)
+    smf = SMF(_cfg(), momentum=0.25, estimator_hidden=8, rule=rule)
+    assert smf.rule == rule
     smf.train()
     old = torch.tensor([1.0, 0.5, 0.2, 0.0])
     smf.fusion_weight.copy_(old)
     x = _batch(3)
     y = smf(x)
-    w_batch = torch.tensor([0.0, 0.5, 0.75, 1.0])  # eq. 22–23 of mi, by hand
+    w_batch = torch.tensor(w_batch)
     expected = 0.75 * old + 0.25 * w_batch
     assert torch.allclose(smf.fusion_weight, expected, atol=1e-6)
     assert torch.allclose(smf.last_batch_weights, w_batch, atol=1e-6)

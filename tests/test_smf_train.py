@@ -232,6 +232,7 @@ def test_evaluate_model_card_and_export_of_the_smf_student(trained_kd, small_ucl
     w = metrics["fusion_weight"]
     assert "frozen fusion weights (eq. 24) " + ", ".join(f"{m} {v:.4f}" for m, v in w.items()) in card
     assert "4-stream CTR-GCN teacher: joint `" in card and metrics["teachers"][0]["sha256"][:12] in card
+    assert "fusion rule `train.smf_weights` 'share': eq. 22 alone" in card and "deviates from the paper" in card
     # the trained student exports: its frozen fusion weights reach the graph, and the folded
     # float graph computes what the model computes on the real clips
     import torch
@@ -488,3 +489,46 @@ def test_mine_every_runs_the_estimators_on_every_kth_batch_only(small_ucla, tmp_
     for bad in (0, 1.5, True, "8"):
         with pytest.raises(ConfigError, match="mine_every"):
             load_config(write_config(tmp_path / "v.json", train={"mine_every": bad}))
+
+
+def test_fusion_rule_paper_reproduces_eq_23_is_recorded_and_resume_keeps_the_rule(small_ucla, tmp_path):
+    """Issue 16: ``train.smf_weights: "paper"`` gives every estimated epoch eq. 22-23's weights
+    (momentum 1: the least-dependent modality exactly 0), the default ``"share"`` eq. 22's
+    shares (sum 1); the rule is recorded in last.pt and model.pt; a last.pt is resumed only
+    with its own rule, and one that records none (before issue 16) counts as "paper"."""
+    from mksgn.train import checkpoint_fusion_rule
+    for rule in ("paper", "share"):
+        cfg = write_config(tmp_path / f"{rule}.json", train={"mine_every": 2, "smf_weights": rule})
+        metrics = train(cfg, small_ucla, tmp_path / rule, log=lambda *a: None)
+        assert metrics["fusion_rule"] == rule
+        previous = [1.0] * 4
+        for rec in metrics["history"]:
+            w = list(rec["fusion_weight"].values())
+            mi = torch.tensor(rec["mi"]).clamp(min=0)
+            if _weights_defined(mi, rule):
+                assert w == pytest.approx(fusion_weights(mi, rule).tolist(), abs=1e-6)
+                assert (min(w) == 0.0) if rule == "paper" else sum(w) == pytest.approx(1.0, abs=1e-6)
+            else:
+                assert w == pytest.approx(previous, abs=1e-6)
+            previous = w
+        for name in ("last.pt", "model.pt"):
+            ck = load_checkpoint(tmp_path / rule / name)
+            assert ck["config"]["train"]["smf_weights"] == rule and checkpoint_fusion_rule(ck) == rule
+    share_cfg = write_config(tmp_path / "s3.json", train={"mine_every": 2, "epochs": 3})
+    with pytest.raises(ConfigError, match="fusion rule train.smf_weights 'paper'"):
+        train(share_cfg, small_ucla, tmp_path / "paper", log=lambda *a: None)
+    # a last.pt from before issue 16 (no rule recorded) was trained with eq. 22-23 as printed
+    last = load_checkpoint(tmp_path / "paper" / "last.pt")
+    del last["config"]["train"]["smf_weights"], last["metrics"]["fusion_rule"]
+    save_checkpoint(tmp_path / "paper" / "last.pt", last)
+    assert checkpoint_fusion_rule(last) == "paper"
+    with pytest.raises(ConfigError, match="fusion rule"):
+        train(share_cfg, small_ucla, tmp_path / "paper", log=lambda *a: None)
+    logs = []
+    train(write_config(tmp_path / "p3.json", train={"mine_every": 2, "epochs": 3, "smf_weights": "paper"}),
+          small_ucla, tmp_path / "paper", log=logs.append)
+    assert any("resuming" in line for line in logs)
+    assert checkpoint_fusion_rule({"config": {"model": {"fusion": "none"}}}) is None
+    for bad in ("minmax", None):
+        with pytest.raises(ConfigError, match="smf_weights"):
+            load_config(write_config(tmp_path / "v.json", train={"smf_weights": bad}))

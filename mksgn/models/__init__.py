@@ -14,17 +14,18 @@ __all__ = ["ModelConfig", "ARCHS", "build_model", "MKSGN", "BaseSGN", "CTRGCN", 
 
 
 def build_model(cfg: ModelConfig, with_estimator: bool = False, smf_momentum: float = 0.1,
-                estimator_hidden: int = 32) -> nn.Module:
+                estimator_hidden: int = 32, smf_weights: str = "share") -> nn.Module:
     """Build the model named by ``cfg.arch`` (and ``cfg.fusion``).
 
     Parameters
     ----------
     cfg : ModelConfig
-    with_estimator, smf_momentum, estimator_hidden
+    with_estimator, smf_momentum, estimator_hidden, smf_weights
         Only for ``cfg.fusion == "smf"`` (:class:`~mksgn.models.smf.SMFMKSGN`): build the
         MINE statistics networks (training; default False = inference with the frozen
-        fusion weights), the running-average momentum of the fusion weights and the
-        estimators' LSTM hidden size. Ignored for the other models.
+        fusion weights), the running-average momentum of the fusion weights, the
+        estimators' LSTM hidden size and the fusion-weight rule (``"share"`` | ``"paper"``,
+        :func:`~mksgn.models.smf.fusion_weights`). Ignored for the other models.
 
     Returns
     -------
@@ -49,5 +50,5 @@ def build_model(cfg: ModelConfig, with_estimator: bool = False, smf_momentum: fl
         model.cfg = cfg
         return model
     if cfg.fusion == "smf":
-        return SMFMKSGN(cfg, with_estimator, smf_momentum, estimator_hidden)
+        return SMFMKSGN(cfg, with_estimator, smf_momentum, estimator_hidden, smf_weights)
     return MKSGN(cfg) if cfg.arch == "mksgn" else BaseSGN(cfg)

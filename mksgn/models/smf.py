@@ -11,7 +11,7 @@ Pipeline (paper Fig. 2, "The spiking multimodal fusion module")::
       │  SpikingCoding_m (eq. 3–4), bodies folded into the batch as MK-SGN does
     s[m]  (T_s·N·M, C', T, V)        spikes in {0, 1}
       │  training only: MI[i, j] = DV lower bound of I(s[i]; s[j])  (eq. 16–21, six pairs)
-      │                 W_batch = fusion_weights(max(MI, 0))        (eq. 22–23)
+      │                 W_batch = fusion_weights(max(MI, 0), rule)  (eq. 22, + eq. 23 for "paper")
       │                 w ← (1 − momentum)·w + momentum·W_batch     (our freezing rule)
     fused = Σ_m w[m] · s[m]          (eq. 24), (T_s·N·M, C', T, V), real-valued
 
@@ -36,8 +36,13 @@ Interpretations (the paper is terse; each is documented where it is used):
 * Six statistics networks, one per pair (the DV supremum is per pair).
 * The MI matrix has zeros on the diagonal ("a symmetric matrix MI stacked with zeros in the
   middle"). Negative bounds are clamped to 0 before eq. 22 (MI ≥ 0, so ``max(0, lb)`` is
-  still a lower bound); a batch whose clamped matrix makes eq. 22–23 undefined (zero sum,
-  or all modalities equal) leaves the running weights unchanged.
+  still a lower bound); a batch whose clamped matrix makes the rule undefined (zero sum, or
+  for ``"paper"`` all modalities equal) leaves the running weights unchanged.
+* Fusion rule (:data:`FUSION_RULES`, ``train.smf_weights``): ``"share"`` (default, our
+  deviation) stops after eq. 22, so each modality's weight is its share of the mutual
+  information and the weights sum to 1; ``"paper"`` applies eq. 23's min–max as printed,
+  which gives the least-dependent modality weight exactly 0 on every batch (on NW-UCLA the
+  joint modality: final weights 0.004, 0.085, 0.963, 0.991, see :func:`fusion_weights`).
 * Eq. 24 is a weighted sum of spike trains, so the fused output is real-valued, not binary;
   it is the input current of the next layer's synapses, which is where export folds ``w``.
 """
@@ -57,10 +62,24 @@ from .config import ModelConfig
 from .mksgn import Head, SpikingCoding, mksgn_layers
 
 __all__ = ["MineEstimator", "mi_lower_bound", "mi_matrix", "fusion_weights", "SMF", "SMFMKSGN", "PAIRS",
-           "pair_key"]
+           "pair_key", "FUSION_RULES", "DEFAULT_RULE"]
 
 PAIRS = tuple(itertools.combinations(MODALITIES, 2))
 """The six unordered modality pairs ``(m_i, m_j)``, ``i < j`` in :data:`MODALITIES` order."""
+
+FUSION_RULES = ("share", "paper")
+"""Fusion-weight rules of :func:`fusion_weights`: ``"share"`` = eq. 22 alone (default),
+``"paper"`` = eq. 22 then eq. 23 exactly as printed."""
+DEFAULT_RULE = "share"
+"""The rule of new runs (``train.smf_weights``); checkpoints that do not record one used
+``"paper"`` (the only rule before issue 16)."""
+
+
+def _check_rule(rule, where: str) -> str:
+    if rule not in FUSION_RULES:
+        raise ConfigError(f"{where}: fusion rule {rule!r} is unknown; expected one of {list(FUSION_RULES)} "
+                          '("share": eq. 22 alone, the default; "paper": eq. 22-23 as printed)')
+    return rule
 
 
 def pair_key(first: str, second: str) -> str:
@@ -236,19 +255,33 @@ def mi_matrix(estimators: Mapping, spikes: Mapping, generator: torch.Generator |
     return mi
 
 
-def fusion_weights(mi: torch.Tensor) -> torch.Tensor:
-    """Fusion weights from the MI matrix, eq. 22–23 exactly as printed in the paper::
+def fusion_weights(mi: torch.Tensor, rule: str = DEFAULT_RULE) -> torch.Tensor:
+    """Fusion weights from the MI matrix: eq. 22, then (``rule="paper"``) eq. 23 as printed::
 
         MI_av = sum(MI, dim = 1) / sum(MI)                           (22)
-        W = (MI_av − min MI_av) / (max MI_av − min MI_av)            (23)
+        W = (MI_av − min MI_av) / (max MI_av − min MI_av)            (23, "paper" only)
 
-    i.e. each modality's row sum over the total, then min–max scaled to [0, 1]: the least
-    informative modality always gets weight 0 and the most informative weight 1.
+    ``rule="share"`` (default, our deviation from the paper): ``W = MI_av``, each modality's
+    share of the mutual information. The weights are ≥ 0 and **sum to 1**; a modality's
+    weight is 0 only if every bound in its row is 0, so positive MI keeps all four. The
+    fused input (eq. 24) then has the scale of one modality's spikes, the scale a
+    one-modality model's layer 1 was trained on.
+
+    ``rule="paper"``: eq. 22–23 exactly as printed, i.e. the row shares min–max scaled to
+    [0, 1]: the least informative modality always gets weight exactly 0 and the most
+    informative weight 1, whatever the MI values. Measured on NW-UCLA (the interim
+    four-modality run, last epoch: bounds ≤ 0.016 nats except joint motion–bone motion,
+    0.13): shares (0.049, 0.083, 0.430, 0.438) → eq. 23 (0, 0.087, 0.978, 1); the running
+    average of the per-batch weights froze at (0.004, 0.085, 0.963, 0.991) for joint, bone,
+    joint motion, bone motion — the joint modality, on which the backbone was trained, is
+    dropped.
 
     Parameters
     ----------
     mi : Tensor, shape ``(4, 4)``, nats
         MI matrix (:func:`mi_matrix`, clamped at 0); rows follow :data:`MODALITIES`.
+    rule : {"share", "paper"}
+        :data:`FUSION_RULES`.
 
     Returns
     -------
@@ -258,9 +291,11 @@ def fusion_weights(mi: torch.Tensor) -> torch.Tensor:
     Raises
     ------
     ConfigError
-        If ``mi`` is not a finite ``(4, 4)`` tensor with entries ``>= 0``, or if eq. 22–23
-        are undefined: ``sum(MI) == 0`` or all ``MI_av`` equal (zero range).
+        If ``mi`` is not a finite ``(4, 4)`` tensor with entries ``>= 0``; an unknown
+        ``rule``; if the rule is undefined: ``sum(MI) == 0`` (both), or all ``MI_av`` equal
+        (zero range of eq. 23, ``"paper"`` only; ``"share"`` then gives 1/4 each).
     """
+    _check_rule(rule, "fusion_weights")
     if not isinstance(mi, torch.Tensor) or mi.shape != (len(MODALITIES), len(MODALITIES)):
         shape = tuple(mi.shape) if isinstance(mi, torch.Tensor) else type(mi).__name__
         raise ConfigError(f"fusion_weights: MI matrix is {shape}; expected a (4, 4) tensor "
@@ -273,6 +308,8 @@ def fusion_weights(mi: torch.Tensor) -> torch.Tensor:
         raise ConfigError("fusion_weights: sum(MI) is 0, so eq. 22 is undefined; the estimators "
                           "found no dependence — keep the previous weights")
     mi_av = mi.sum(dim=1) / total  # eq. 22
+    if rule == "share":
+        return mi_av
     lo, hi = mi_av.min(), mi_av.max()
     if hi <= lo:
         raise ConfigError(f"fusion_weights: all MI_av are equal ({lo.item():.6g}), so eq. 23 is "
@@ -280,11 +317,13 @@ def fusion_weights(mi: torch.Tensor) -> torch.Tensor:
     return (mi_av - lo) / (hi - lo)  # eq. 23
 
 
-def _weights_defined(mi: torch.Tensor) -> bool:
+def _weights_defined(mi: torch.Tensor, rule: str = DEFAULT_RULE) -> bool:
     """True when :func:`fusion_weights` is defined for the (non-negative) matrix ``mi``."""
     total = mi.sum()
     if not torch.isfinite(total) or total <= 0:
         return False
+    if rule == "share":
+        return True
     mi_av = mi.sum(dim=1) / total
     return bool(mi_av.max() > mi_av.min())
 
@@ -310,13 +349,14 @@ class SMF(nn.Module):
     the trainer clears it on the batches ``train.mine_every`` skips): each forward computes
     the MI matrix of the batch
     (:func:`mi_matrix` on the *detached* spikes, so gradients reach the statistics networks
-    only), the batch weights ``W_batch = fusion_weights(max(MI, 0))`` (eq. 22–23, no
-    gradient) and updates the running weights (our rule; the paper is silent)::
+    only), the batch weights ``W_batch = fusion_weights(max(MI, 0), rule)`` (eq. 22, and
+    eq. 23 for ``rule="paper"``; no gradient) and updates the running weights (our rule;
+    the paper is silent)::
 
         fusion_weight ← (1 − momentum) · fusion_weight + momentum · W_batch
 
     then fuses with the updated ``fusion_weight``, the same quantity eval uses. A batch whose
-    clamped MI makes eq. 22–23 undefined leaves ``fusion_weight`` unchanged
+    clamped MI makes the rule undefined leaves ``fusion_weight`` unchanged
     (``last_batch_weights`` is then None). :meth:`estimator_loss` returns ``−mean`` of the
     six bounds of the last training forward for the caller's own optimiser.
 
@@ -336,6 +376,9 @@ class SMF(nn.Module):
     with_estimator : bool
         Build the six statistics networks (False: inference / fine-tuning with frozen
         weights; loads a state_dict saved after :meth:`drop_estimator`).
+    rule : {"share", "paper"}
+        Fusion-weight rule of :func:`fusion_weights` (:data:`FUSION_RULES`; default
+        ``"share"``). Training only: eval fuses with the buffer whatever the rule.
 
     Shape
     -----
@@ -353,11 +396,12 @@ class SMF(nn.Module):
     """
 
     def __init__(self, cfg: ModelConfig, momentum: float = 0.1, estimator_hidden: int = 32,
-                 with_estimator: bool = True):
+                 with_estimator: bool = True, rule: str = DEFAULT_RULE):
         super().__init__()
         if not isinstance(cfg, ModelConfig):
             raise ConfigError(f"SMF needs a ModelConfig, got {type(cfg).__name__}; "
                               "use ModelConfig.from_dict for a dict")
+        self.rule = _check_rule(rule, "SMF")
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 < momentum <= 1:
             raise ConfigError(f"SMF: momentum={momentum!r} is invalid; expected a number in (0, 1]")
         self.cfg = cfg
@@ -410,18 +454,18 @@ class SMF(nn.Module):
 
     @torch.no_grad()
     def update_fusion_weight(self, mi: torch.Tensor):
-        """Move ``fusion_weight`` toward ``fusion_weights(max(mi, 0))`` by ``momentum``.
+        """Move ``fusion_weight`` toward ``fusion_weights(max(mi, 0), self.rule)`` by ``momentum``.
 
-        Returns the batch weights ``(4,)``, or None (buffer unchanged) when eq. 22–23 are
+        Returns the batch weights ``(4,)``, or None (buffer unchanged) when the rule is
         undefined for the clamped matrix. Raises ConfigError for a bad ``mi`` shape.
         """
         if not isinstance(mi, torch.Tensor) or mi.shape != (len(MODALITIES), len(MODALITIES)):
-            fusion_weights(mi)  # raises the shape error
+            fusion_weights(mi, self.rule)  # raises the shape error
         mi = mi.detach().clamp(min=0)
-        if not _weights_defined(mi):
+        if not _weights_defined(mi, self.rule):
             self.last_batch_weights = None
             return None
-        w_batch = fusion_weights(mi).to(self.fusion_weight.dtype)
+        w_batch = fusion_weights(mi, self.rule).to(self.fusion_weight.dtype)
         self.fusion_weight.mul_(1.0 - self.momentum).add_(w_batch, alpha=self.momentum)
         self.last_batch_weights = w_batch
         return w_batch
@@ -520,6 +564,8 @@ class SMFMKSGN(nn.Module):
         Running-average momentum of the fusion weights, in (0, 1] (:class:`SMF`).
     estimator_hidden : int
         LSTM hidden size of each statistics network.
+    rule : {"share", "paper"}
+        Fusion-weight rule (:class:`SMF`, :func:`fusion_weights`).
 
     Shape
     -----
@@ -534,14 +580,14 @@ class SMFMKSGN(nn.Module):
     """
 
     def __init__(self, cfg: ModelConfig, with_estimator: bool = False, momentum: float = 0.1,
-                 estimator_hidden: int = 32):
+                 estimator_hidden: int = 32, rule: str = DEFAULT_RULE):
         super().__init__()
         if not isinstance(cfg, ModelConfig) or cfg.arch != "mksgn" or cfg.fusion != "smf":
             got = f"arch={cfg.arch!r}, fusion={cfg.fusion!r}" if isinstance(cfg, ModelConfig) else type(cfg).__name__
             raise ConfigError(f"SMFMKSGN needs an MK-SGN ModelConfig with fusion='smf', got {got}")
         self.cfg = cfg
         layout = get_layout(cfg.layout)
-        self.sc = SMF(cfg, momentum, estimator_hidden, with_estimator)
+        self.sc = SMF(cfg, momentum, estimator_hidden, with_estimator, rule)
         self.layers = mksgn_layers(cfg)
         self.head = Head(cfg.stages[-1][0], cfg, layout.max_bodies)
 
