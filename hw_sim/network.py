@@ -21,7 +21,8 @@ readout FC                 ``Dense`` → non-spiking ``LIFReset`` (du 4095, dv 0
                            bias ``64·b``, vth out of reach); logits = ``v >> 6``
                            at each clip's last step
 balancing delay            ``SpikeDelay`` in front of the synapse                own (= ``DelaySparse``)
-recording                  ``GroupProbe``, ``ValueProbe``, ``CountProbe``        own (instruments)
+recording                  one ``multi_probe`` process: every group's spikes,    own (instruments)
+                           u, v; counts / values of relays and attention
 =========================  ====================================================  =============
 
 Streaming ("compile once, stream clips"): the ``RingBuffer`` sends clip ``k`` at Lava steps
@@ -114,7 +115,9 @@ class LavaNetwork:
     period : int — Lava steps per clip (= T_s).
     chunk : int — clips per run chunk (the host reads the probes between chunks).
     depth : int — ring depth of probes (steps).
-    lif, probes : dict group → process (plus :data:`READOUT`, the readout integrator)
+    lif : dict group → process (plus :data:`READOUT`, the readout integrator)
+    probe : the one recording process (:func:`hw_sim.probes.multi_probe`): spikes, u, v of
+        every group, and the instrument points in ``aux``
     source : the ``RingBuffer`` of quantised coordinates
     processes : dict label → process (every synapse, relay, delay line and attention part)
     aux : dict label → dict(kind ``count``/``values``, path, n, latency) — instrument probes
@@ -134,7 +137,6 @@ class LavaNetwork:
     chunk: int
     depth: int
     lif: dict = field(default_factory=dict)
-    probes: dict = field(default_factory=dict)
     source: object = None
     processes: dict = field(default_factory=dict)
     aux: dict = field(default_factory=dict)
@@ -146,6 +148,8 @@ class LavaNetwork:
     started: bool = False
     trace_dir: str = ""
     probe_dirs: dict = field(default_factory=dict)
+    probe: object = None
+    model_map: dict = field(default_factory=dict)
 
     @property
     def readout_latency(self) -> int:
@@ -170,7 +174,8 @@ class LavaNetwork:
 
         from .processes import PyConvModelFixedFast
         box = {}
-        cfg = Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map={Conv: PyConvModelFixedFast})
+        cfg = Loihi2SimCfg(select_tag="fixed_pt",
+                           exception_proc_model_map={Conv: PyConvModelFixedFast, **self.model_map})
 
         def target():
             try:
@@ -276,7 +281,7 @@ class LavaNetwork:
     @property
     def process_count(self) -> int:
         """Lava processes (each one an OS process when running)."""
-        return 1 + len(self.lif) + len(self.probes) + len(self.processes) + len(self.aux)
+        return 1 + len(self.lif) + len(self.processes) + (self.probe is not None)
 
 
 def _alive(process) -> bool:
@@ -359,8 +364,8 @@ def build_network(graph: Graph, coords: np.ndarray, chunk: int = 4, shared: bool
     from lava.proc.sparse.process import Sparse
 
     from .attention import build_attention
-    from .probes import CountProbe, ValueProbe
-    from .processes import GroupProbe, SpikeDelay
+    from .probes import multi_probe
+    from .processes import SpikeDelay
 
     if not graph.quantised:
         raise SimError("the graph is not quantised; replay an export directory written by mksgn-export")
@@ -383,27 +388,23 @@ def build_network(graph: Graph, coords: np.ndarray, chunk: int = 4, shared: bool
         os.makedirs(d)
         return d
 
+    entries = []  # (kind, n, path, port, lif): all recorded points, one probe process at the end
+
     def group_probe(name: str, lif, n: int):
         pdir = probe_dir(name)
         for var in PROBE_FILES:
             open_trace(pdir, var, net.depth, n, "w+").flush()
         net.probe_dirs[name] = pdir
-        probe = GroupProbe(n=n, depth=net.depth, path=pdir, name=f"probe:{name}")
-        lif.s_out.connect(probe.s_in)
-        probe.u_ref.connect_var(lif.u)
-        probe.v_ref.connect_var(lif.v)
-        net.probes[name] = probe
+        entries.append(("group", n, pdir, lif.s_out, lif))
 
     def aux_probe(label: str, port, n: int, kind: str, latency: int):
         pdir = probe_dir(label)
         if kind == "count":
             np.memmap(os.path.join(pdir, "count.bin"), dtype=np.int64, mode="w+", shape=(net.depth,)).flush()
-            probe = CountProbe(n=n, depth=net.depth, path=pdir, name=f"count:{label}")
         else:
             np.memmap(os.path.join(pdir, "values.bin"), dtype=np.int32, mode="w+", shape=(net.depth, n)).flush()
-            probe = ValueProbe(n=n, depth=net.depth, path=pdir, name=f"values:{label}")
-        port.connect(probe.s_in)
-        net.aux[label] = {"kind": kind, "path": pdir, "n": n, "latency": latency, "process": probe}
+        entries.append((kind, n, pdir, port, None))
+        net.aux[label] = {"kind": kind, "path": pdir, "n": n, "latency": latency}
 
     # ---------------------------------------------------------------- neuron groups
     for name, g in graph.groups.items():
@@ -576,6 +577,14 @@ def build_network(graph: Graph, coords: np.ndarray, chunk: int = 4, shared: bool
                 trace = ("aux", f"{s.name}:{src}")
             net.event_terms.append({"synapse": s.name, "hop": h["label"], "trace": trace,
                                     "fan_out": net_fan_out(blk, h)})
+    probe, model = multi_probe([(k, n, p) for k, n, p, _, _ in entries], net.depth)
+    for i, (kind, _, _, port, lif) in enumerate(entries):
+        port.connect(getattr(probe, f"in{i}"))
+        if kind == "group":
+            getattr(probe, f"u{i}").connect_var(lif.u)
+            getattr(probe, f"v{i}").connect_var(lif.v)
+    net.probe = probe
+    net.model_map[probe] = model  # lava looks a process up by instance here (compiler_graphs.py)
     if readout_lif is None:
         raise SimError("the graph has no readout")
     if not any(s.sources == (INPUT,) for s in graph.synapses.values()):

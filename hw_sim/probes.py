@@ -31,9 +31,9 @@ import numpy as np
 
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.model.py.model import PyLoihiProcessModel
-from lava.magma.core.model.py.ports import PyInPort
+from lava.magma.core.model.py.ports import PyInPort, PyRefPort
 from lava.magma.core.model.py.type import LavaPyType
-from lava.magma.core.process.ports.ports import InPort
+from lava.magma.core.process.ports.ports import InPort, RefPort
 from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
@@ -157,3 +157,83 @@ class PyCountProbeModelFixed(PyLoihiProcessModel):
         if not hasattr(self, "ring"):
             self.ring = open_counts(p["path"], p["depth"], "r+")
         self.ring[(self.time_step - 1) % p["depth"]] = np.count_nonzero(self.s_in.recv())
+
+
+def multi_probe(entries: list, depth: int):
+    """ONE probe process that records many points of the network (own instrumentation).
+
+    Every Lava process is an OS process of its own (~7–20 MB each, see ``docs/design.md``), and
+    lava-nc 0.10 cannot concatenate ports (``ConcatPort`` is "not yet supported"), so instead
+    of one probe per neuron group this builds a process class with one ``InPort`` (and, for
+    groups, two ``RefPort``) per recorded point, and its process model.
+
+    Parameters
+    ----------
+    entries : list of ``(kind, n, path)`` — ``kind`` ``"group"`` (spikes int8, u, v int32:
+        ``path/{spikes,u,v}.bin`` ``(depth, n)``, u and v read through RefPorts in the
+        post-management phase as :class:`hw_sim.processes.GroupProbe` does), ``"values"``
+        (``path/values.bin``) or ``"count"`` (``path/count.bin``)
+    depth : int — ring rows; step τ goes to row ``(τ − 1) % depth``
+
+    Returns
+    -------
+    ``(process, model_class)`` — connect port ``in{i}`` (and ``u{i}``/``v{i}`` with
+    ``connect_var``) for entry ``i``; run with
+    ``exception_proc_model_map={type(process): model_class}``.
+    """
+    layout = tuple((str(k), int(n), str(p)) for k, n, p in entries)
+
+    def __init__(self, *, name=None):
+        super(cls, self).__init__(layout=layout, depth=int(depth), name=name)
+        for i, (kind, n, _) in enumerate(layout):
+            setattr(self, f"in{i}", InPort(shape=(n,)))
+            if kind == "group":
+                setattr(self, f"u{i}", RefPort(shape=(n,)))
+                setattr(self, f"v{i}", RefPort(shape=(n,)))
+
+    cls = type("MultiProbe", (AbstractProcess,), {"__init__": __init__, "__module__": __name__})
+
+    def _maps(self):
+        if not hasattr(self, "maps"):
+            d = self.proc_params["depth"]
+            self.maps = []
+            for kind, n, path in self.proc_params["layout"]:
+                if kind == "group":
+                    self.maps.append({v: np.memmap(os.path.join(path, f"{v}.bin"), dtype=dt, mode="r+", shape=(d, n))
+                                      for v, dt in (("spikes", np.int8), ("u", np.int32), ("v", np.int32))})
+                elif kind == "values":
+                    self.maps.append(open_values(path, d, n, "r+"))
+                else:
+                    self.maps.append(open_counts(path, d, "r+"))
+        return self.maps
+
+    def run_spk(self):
+        row = (self.time_step - 1) % self.proc_params["depth"]
+        for i, ((kind, _, _), m) in enumerate(zip(self.proc_params["layout"], _maps(self))):
+            x = getattr(self, f"in{i}").recv()
+            if kind == "group":
+                m["spikes"][row] = x != 0
+            elif kind == "values":
+                m[row] = x
+            else:
+                m[row] = np.count_nonzero(x)
+
+    def post_guard(self):
+        return any(kind == "group" for kind, _, _ in self.proc_params["layout"])
+
+    def run_post_mgmt(self):
+        row = (self.time_step - 1) % self.proc_params["depth"]
+        for i, ((kind, _, _), m) in enumerate(zip(self.proc_params["layout"], _maps(self))):
+            if kind == "group":
+                m["u"][row] = getattr(self, f"u{i}").read()
+                m["v"][row] = getattr(self, f"v{i}").read()
+
+    attrs = {"run_spk": run_spk, "post_guard": post_guard, "run_post_mgmt": run_post_mgmt, "__module__": __name__}
+    for i, (kind, _, _) in enumerate(layout):
+        attrs[f"in{i}"] = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+        if kind == "group":
+            attrs[f"u{i}"] = LavaPyType(PyRefPort.VEC_DENSE, np.int32, precision=24)
+            attrs[f"v{i}"] = LavaPyType(PyRefPort.VEC_DENSE, np.int32, precision=24)
+    model = type("PyMultiProbeModelFixed", (PyLoihiProcessModel,), attrs)
+    model = implements(proc=cls, protocol=LoihiProtocol)(requires(CPU)(tag("fixed_pt")(model)))
+    return cls(name="probes"), model
