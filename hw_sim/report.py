@@ -242,6 +242,17 @@ def format_table(report: dict) -> str:
     if isinstance(em, dict):
         lines.append(f"energy model: E_MAC {_sig(em.get('e_mac_pj'))} pJ, E_AC {_sig(em.get('e_ac_pj'))} pJ"
                      + (f" ({em['source']})" if em.get("source") else ""))
+    hops = report.get("events_per_hop_per_clip")
+    if isinstance(hops, dict) and hops:
+        kinds: dict = {}
+        for key, val in hops.items():
+            kind = str(key).rsplit("/", 1)[-1]
+            if _is_number(val):
+                kinds[kind] = kinds.get(kind, 0.0) + float(val)
+        lines.append("synaptic events per clip by Lava hop: "
+                     + ", ".join(f"{k} {_count(v)}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
+    if _is_number(report.get("lava_processes")):
+        lines.append(f"Lava processes: {report['lava_processes']}")
     lines.append(verdict(report))
     lines.append(f"lava top-1 {_pct(report.get('lava_top1'))} | twin top-1 {_pct(report.get('twin_top1'))}")
     return "\n".join(lines)
