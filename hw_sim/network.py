@@ -66,6 +66,12 @@ __all__ = ["LavaNetwork", "build_network", "input_coordinates", "host_macs", "RE
 
 #: Name of the readout integrator population in ``LavaNetwork.lif`` / ``probes``.
 READOUT = "readout"
+#: Messages each Lava channel buffers (shared memory per channel = this × message bytes).
+#: lava-nc's default is 64 (``lava/magma/compiler/compiler.py``): 345 MB for one channel of
+#: a 1.35 M-neuron attention product population, 8.3 GB of /dev/shm for the width-0.25
+#: MK-SGN. Under the Loihi protocol every channel carries one message per step and the step
+#: barrier drains it, so a small buffer suffices.
+CHANNEL_SIZE = 2
 #: Lava starts at step 1 and the ``RingBuffer`` input sends its first column then, so a
 #: stage of latency ``d`` works on clip ``k``, time step ``t`` at Lava step
 #: ``k·T_s + t + d + LAVA_OFFSET``.
@@ -179,7 +185,8 @@ class LavaNetwork:
 
         def target():
             try:
-                self.anchor.run(condition=RunSteps(num_steps=steps), run_cfg=cfg)
+                self.anchor.run(condition=RunSteps(num_steps=steps), run_cfg=cfg,
+                                compile_config={"pypy_channel_size": CHANNEL_SIZE})
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 box["error"] = exc
 
