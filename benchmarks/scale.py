@@ -80,10 +80,20 @@ def tree_pss_mb(root: int | None = None) -> tuple:
     return total / 1024.0, len(tree)
 
 
+def _available_mb() -> float:
+    """The machine's ``MemAvailable`` (MB): shared memory and page cache count there too."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024.0
+    return float("inf")
+
+
 class PeakPss:
     """Samples :func:`tree_pss_mb` every ``interval`` s in a thread; ``peak_mb``, ``peak_procs``.
 
-    ``limit_mb``: when the tree's PSS passes it, every descendant process is killed (the Lava
+    ``limit_mb``: when the tree's PSS passes it (or the machine has under 1.5 GB available),
+    every descendant process is killed (the Lava
     run then fails with a ``SimError``) and ``over_limit`` is set — so a run that would
     exhaust the machine stops first."""
 
@@ -97,7 +107,7 @@ class PeakPss:
         while not self._stop.is_set():
             mb, n = tree_pss_mb()
             self.peak_mb, self.peak_procs = max(self.peak_mb, mb), max(self.peak_procs, n)
-            if self.limit_mb and mb > self.limit_mb and not self.over_limit:
+            if self.limit_mb and (mb > self.limit_mb or _available_mb() < 1500) and not self.over_limit:
                 self.over_limit = True
                 import signal
                 par = _children()
