@@ -354,8 +354,10 @@ def _write_index(gr, graph: Graph) -> None:
         _str(a, "name", s.name)
         _strs(a, "sources", s.sources)
         _str(a, "target", s.target)
-        _str(a, "implementation", "custom Lava process: s * (Q K^T) V over joints, exact "
-                                  "integer model; on chip needs microcode or the embedded CPU")
+        _str(a, "implementation", "stock lava-nc processes (export/mapping.py): Sparse fan-out -> "
+                                  "ProdNeuron -> Sparse sum -> GradedVec -> Sparse fan-out -> ProdNeuron "
+                                  "-> Sparse scale; s * (Q K^T) V over joints, order "
+                                  + str(s.meta.get("attention_order", "set by balance_delays")))
         if s.weight_mant is not None:
             _arr(a, "weight_mant", np.asarray(s.weight_mant, np.int64))
             _arr(a, "weight_exp", np.int64(s.weight_exp))
