@@ -21,6 +21,14 @@ IR synapse             Lava processes (all stock lava-nc 0.10)              hops
                        integer sum, the ``Sparse`` floors it once per
                        neuron as Loihi does (``Conv``'s fixed-point model
                        ignores ``weight_exp``)
+weight-split pair      a high group (``e ≥ 0``) and its low partner (``e_lo  2
+(``conv``/``graph``)   = −k < 0``) from the same source share ONE ``Conv``
+                       (``2·C'`` outputs: ``hi·2^s`` and ``lo``), one relay
+                       and one flooring ``Sparse`` with weights ``2^w`` and
+                       1 at ``weight_exp = −k`` (``w = min(e + k, 7)``,
+                       ``s = e + k − w``): exact, since ``⌊(2^(e+k)·H +
+                       L) / 2^k⌋ = 2^e·H + ⌊L / 2^k⌋`` for integer ``H``
+                       (:func:`mark_pairs`)
 ``affine``/``pool``    ``Sparse`` (one synapse per neuron: nothing to share) 1
 ``readout``            ``Dense`` → non-spiking ``LIFReset`` integrator      1
 ``attention``          ``Sparse`` fan-out → ``ProdNeuron`` → ``Sparse`` sum  4 for the first
@@ -38,7 +46,7 @@ from __future__ import annotations
 from .ir import Synapse
 
 __all__ = ["ATTENTION_ORDERS", "attention_order", "attention_hops", "synapse_mapping", "hop_latency",
-           "attention_resources", "SHARED_KINDS"]
+           "attention_resources", "SHARED_KINDS", "mark_pairs", "paired"]
 
 #: SG-SA product orders: ``qk`` computes ``A = Q Kᵀ`` (``V×V`` per frame) first, ``kv``
 #: computes ``B = Kᵀ V`` (``C×C`` per frame) first. Integer arithmetic is exact, so both give
@@ -87,12 +95,37 @@ def synapse_mapping(s: Synapse) -> str:
     return "sparse"
 
 
+def mark_pairs(synapses: dict) -> None:
+    """Mark the weight-split pairs that share one ``Conv`` (see the module table): a low
+    partner ``lo`` (``meta["split_of"] = hi.name``, one source ``u``, ``weight_exp < 0``) of a
+    shared high group ``hi`` (``weight_exp ≥ 0``) of the same kind, stride and padding. Sets ``hi.meta["paired_sources"]`` (sources whose connection is
+    paired) and ``lo.meta["paired_with"]`` (the high group's name); clears stale marks."""
+    for s in synapses.values():
+        s.meta.pop("paired_sources", None)
+        s.meta.pop("paired_with", None)
+    for lo in synapses.values():
+        hi = synapses.get(lo.meta.get("split_of", ""))
+        if hi is None or len(lo.sources) != 1 or lo.sources[0] not in hi.sources:
+            continue
+        if synapse_mapping(hi) != "conv" or synapse_mapping(lo) != "conv+floor" or hi.kind != lo.kind:
+            continue
+        if (hi.stride, hi.padding) != (lo.stride, lo.padding):
+            continue
+        hi.meta.setdefault("paired_sources", []).append(lo.sources[0])
+        lo.meta["paired_with"] = hi.name
+
+
+def paired(s: Synapse, source: str) -> bool:
+    """Whether the connection (``s``, ``source``) is one half of a shared weight-split pair."""
+    return source in s.meta.get("paired_sources", ()) or bool(s.meta.get("paired_with"))
+
+
 def hop_latency(s: Synapse, source: str, channels: int | None = None, joints: int | None = None) -> int:
     """Lava steps from the spikes of ``source`` to the ``a_in`` of ``s.target`` (see the module
     table). ``channels``/``joints`` are needed for attention (its order) unless
     ``s.meta["attention_order"]`` is set."""
     m = synapse_mapping(s)
-    if m == "conv+floor":
+    if m == "conv+floor" or paired(s, source):
         return 2
     if m == "attention":
         order = s.meta.get("attention_order") or attention_order(channels, joints)

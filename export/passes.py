@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import ExportError
 from .ir import INPUT, LOGITS, Graph
-from .mapping import attention_order, hop_latency
+from .mapping import attention_order, hop_latency, mark_pairs
 
 __all__ = ["fold_bn", "fold_graph", "fold_fusion", "balance_delays", "quantise", "split_residual",
            "spike_exact_rounding", "SPLIT_KINDS"]
@@ -166,10 +166,13 @@ def balance_delays(graph: Graph) -> Graph:
     a neuron — the several spike trains summed by a residual connection and the Q, K, V of
     the attention — arrives in the same step. The readout's latency is recorded in
     ``meta["readout_latency"]``. Sets ``NeuronGroup.latency``, ``Synapse.meta["delays"]``
-    (source → steps) and, for attention, ``Synapse.meta["attention_order"]``
+    (source → steps), the weight-split pairs that share one ``Conv``
+    (:func:`export.mapping.mark_pairs`) and, for attention, ``Synapse.meta["attention_order"]``
     (:func:`export.mapping.attention_order` of the source's channels and joints).
     """
     g = graph.copy()
+    if g.quantised:
+        mark_pairs(g.synapses)
     for s in g.synapses.values():
         if s.kind == "attention" and not s.meta.get("attention_order"):
             C, _, V = g.groups[s.sources[0]].shape

@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from .ir import INPUT, LOGITS, Graph
-from .mapping import attention_resources, synapse_mapping
+from .mapping import attention_resources, paired, synapse_mapping
 
 NEURONS_PER_CORE = 8192
 SYNAPSES_PER_CORE = 120_000_000 // 128
@@ -72,7 +72,8 @@ def stored_weights(graph: Graph, s) -> int:
         return _attention(graph, s)["synapses"]
     if m in ("conv", "conv+floor"):
         n = int(np.count_nonzero(w)) * len(s.sources)
-        return n + (graph.groups[s.target].size * M if m == "conv+floor" else 0)
+        floors = len(s.sources) if m == "conv+floor" else sum(paired(s, u) for u in s.sources)
+        return n + graph.groups[s.target].size * M * floors
     per_body = synapse_count(graph, s) * (1 if s.kind in ("readout", "pool") else M)
     return per_body * len(s.sources)
 

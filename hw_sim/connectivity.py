@@ -180,7 +180,7 @@ def conv_params(graph: Graph, s: Synapse, shift: int = 0) -> dict:
     raise SimError(f"synapse {s.name} ({s.kind}) has no shared (Conv) mapping")
 
 
-def conv_views(s: Synapse, src_port, src_shape: tuple, tgt_shape: tuple):
+def conv_views(s: Synapse, src_port, src_shape: tuple, tgt_shape: tuple, halves: int = 1):
     """The virtual ports that let a ``Conv`` read and write populations in the IR order.
 
     ``src_port`` is the source population's OutPort (flat, C-order of ``src_shape = (M, C, T,
@@ -188,21 +188,23 @@ def conv_views(s: Synapse, src_port, src_shape: tuple, tgt_shape: tuple):
     ``(X, Y, C)`` shape — ``(T, M·V, C)`` for a temporal conv, ``(T, M, C·V)`` for a graph
     conv — and ``output view(conv.a_out)`` is a flat port in the target's ``tgt_shape =
     (M, C', T', V)`` order. Lava's ``reshape``/``transpose`` virtual ports only permute the
-    vector: no arithmetic.
+    vector: no arithmetic. ``halves = 2`` for a weight-split pair's ``Conv`` with ``2·C'``
+    outputs (high group first): the flat output is ``[high (M, C', T', V); low (…)]``.
     """
     M, C, T, V = src_shape
     Mo, Co, To, Vo = tgt_shape
-    flat = Mo * Co * To * Vo
+    h = int(halves)
+    flat = h * Mo * Co * To * Vo
     if s.kind == "conv":
         view = src_port.reshape((M, C, T, V)).transpose((2, 0, 3, 1)).reshape((T, M * V, C))
 
         def out(port):
-            return port.reshape((To, Mo, Vo, Co)).transpose((1, 3, 0, 2)).reshape((flat,))
+            return port.reshape((To, Mo, Vo, h, Co)).transpose((3, 1, 4, 0, 2)).reshape((flat,))
     else:
         view = src_port.reshape((M, C, T, V)).transpose((2, 0, 1, 3)).reshape((T, M, C * V))
 
         def out(port):
-            return port.reshape((To, Mo, Co, Vo)).transpose((1, 2, 0, 3)).reshape((flat,))
+            return port.reshape((To, Mo, h, Co, Vo)).transpose((2, 1, 3, 0, 4)).reshape((flat,))
     return view, out
 
 

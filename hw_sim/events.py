@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from export.ir import INPUT, Graph
-from export.mapping import synapse_mapping
+from export.mapping import paired, synapse_mapping
 from export.twin import synapse_op
 
 
@@ -98,8 +98,9 @@ def twin_events(graph: Graph, spikes: dict, num_bodies: int) -> dict:
     Returns
     -------
     dict synapse name → int. A shared conv with a negative ``weight_exp``
-    (:func:`export.mapping.synapse_mapping` ``conv+floor``) adds one event per non-zero sum
-    its relay forwards to the flooring synapse.
+    (:func:`export.mapping.synapse_mapping` ``conv+floor``), and the high group of a shared
+    weight-split pair (:func:`export.mapping.paired`), add one event per non-zero sum their
+    relay forwards to the flooring synapse.
     """
     out = {}
     for s in graph.synapses.values():
@@ -116,7 +117,7 @@ def twin_events(graph: Graph, spikes: dict, num_bodies: int) -> dict:
             sp = spikes[u].double()
             for t in range(sp.shape[0]):
                 total += float(synapse_op(s, [sp[t]], mask, num_bodies).sum())
-                if synapse_mapping(s) == "conv+floor":
+                if synapse_mapping(s) == "conv+floor" or paired(s, u):
                     total += float((synapse_op(s, [sp[t]], s.weight_mant, num_bodies) != 0).sum())
         out[s.name] = int(round(total))
     return out

@@ -53,7 +53,7 @@ from scipy import sparse as sp
 
 from export import fixed_point as fx
 from export.ir import INPUT, LOGITS, Graph
-from export.mapping import attention_hops, synapse_mapping
+from export.mapping import attention_hops, paired, synapse_mapping
 from export.passes import balance_delays
 from export.twin import quantise_input
 
@@ -404,13 +404,13 @@ def build_network(graph: Graph, coords: np.ndarray, chunk: int = 4, shared: bool
         net.probe_dirs[name] = pdir
         entries.append(("group", n, pdir, lif.s_out, lif))
 
-    def aux_probe(label: str, port, n: int, kind: str, latency: int):
+    def aux_probe(label: str, port, n: int, kind: str, latency: int, part=None):
         pdir = probe_dir(label)
         if kind == "count":
             np.memmap(os.path.join(pdir, "count.bin"), dtype=np.int64, mode="w+", shape=(net.depth,)).flush()
         else:
             np.memmap(os.path.join(pdir, "values.bin"), dtype=np.int32, mode="w+", shape=(net.depth, n)).flush()
-        entries.append((kind, n, pdir, port, None))
+        entries.append((kind if part is None else f"count:{part[0]}:{part[1]}", n, pdir, port, None))
         net.aux[label] = {"kind": kind, "path": pdir, "n": n, "latency": latency}
 
     # ---------------------------------------------------------------- neuron groups
@@ -491,6 +491,13 @@ def build_network(graph: Graph, coords: np.ndarray, chunk: int = 4, shared: bool
             net.stored_weights[s.name] = int(mat.nnz)
             continue
         tgt_shape = net.shapes[s.target]
+        if s.meta.get("paired_with"):
+            continue  # built with its high group below
+        if mapping == "conv" and paired(s, u):
+            lo = next(x for x in graph.synapses.values()
+                      if x.meta.get("paired_with") == s.name and x.sources == (u,))
+            _build_pair(net, graph, s, lo, u, src, tgt_shape, per_clip, shared, sparse, aux_probe, Conv, GradedVec)
+            continue
         if mapping in ("conv", "conv+floor"):
             params = conv_params(graph, s, shift=max(int(s.weight_exp), 0))
             # the Conv's 24-bit output wrap: keep every possible sum inside it, else unroll
@@ -597,6 +604,63 @@ def build_network(graph: Graph, coords: np.ndarray, chunk: int = 4, shared: bool
     if not any(s.sources == (INPUT,) for s in graph.synapses.values()):
         raise SimError("the graph has no input layer")
     return net
+
+
+def _build_pair(net, graph, hi, lo, u, src, tgt_shape, per_clip, shared, sparse, aux_probe, Conv, GradedVec):
+    """One weight-split pair from source ``u`` (:func:`export.mapping.mark_pairs`): ``Conv``
+    with ``2·C'`` outputs (``hi·2^s`` then ``lo``) → ``GradedVec`` relay ``(2n,)`` → one
+    ``Sparse`` ``(n, 2n)`` with weights ``2^w`` and 1 at ``weight_exp = −k`` (``e`` the high
+    exponent, ``−k`` the low one, ``w = min(e + k, 7)``, ``s = e + k − w``), which gives
+    ``hi_sum·2^e + ⌊lo_sum / 2^k⌋`` exactly. ``shared=False``: the same hops with two
+    unrolled ``Sparse`` matrices into the two halves of the relay."""
+    e, k = int(hi.weight_exp), -int(lo.weight_exp)
+    w = min(e + k, 7)
+    shift = e + k - w
+    n = int(np.prod(tgt_shape))
+    label = f"{hi.name}+lo<-{u}"
+    relay = GradedVec(shape=(2 * n,), vth=0)
+    if shared:
+        p_hi = conv_params(graph, hi, shift=shift)
+        p_lo = conv_params(graph, lo, shift=0)
+        weight = np.concatenate([p_hi["weight"], p_lo["weight"]], axis=0)
+        bound = np.abs(weight.astype(np.int64)).reshape(weight.shape[0], -1).sum(axis=1).max()
+        if bound >= 2 ** 23:
+            raise SimError(f"synapse {hi.name}: a Conv sum could exceed the 24-bit Conv output; "
+                           "re-export with --no-weight-split or report this model")
+        conv = Conv(weight=weight, input_shape=p_hi["input_shape"], padding=p_hi["padding"],
+                    stride=p_hi["stride"], name=label)
+        view, out = conv_views(hi, src, net.shapes[u], tgt_shape, halves=2)
+        view.connect(conv.s_in)
+        out(conv.a_out).connect(relay.a_in)
+        net.processes[label] = conv
+        fo_hi, fo_lo = shared_fan_out(graph, hi, u, per_clip), shared_fan_out(graph, lo, u, per_clip)
+        stored = (int(np.count_nonzero(p_hi["weight"])), int(np.count_nonzero(p_lo["weight"])))
+    else:
+        fos, stored = [], []
+        for half, (syn, exp) in enumerate(((hi, shift), (lo, 0))):
+            mat = synapse_matrix(graph, syn, u, per_clip).tocoo()
+            big = sp.csr_matrix((mat.data, (mat.row + half * n, mat.col)), shape=(2 * n, mat.shape[1]))
+            conn = sparse(syn, u, big, f"{syn.name}<-{u}", exp)
+            src.connect(conn.s_in)
+            conn.a_out.connect(relay.a_in)
+            fos.append(fan_out(big))
+            stored.append(int(big.nnz))
+        fo_hi, fo_lo = fos
+    net.processes[f"relay:{label}"] = relay
+    mat = sp.hstack([sp.identity(n, dtype=np.int32, format="csr") * (1 << w),
+                     sp.identity(n, dtype=np.int32, format="csr")], format="csr").astype(np.int32)
+    floor = sparse(hi, u, mat, f"floor:{label}", -k, graded=True)
+    relay.s_out.connect(floor.s_in)
+    floor.a_out.connect(net.lif[hi.target].a_in)
+    lat = graph.groups[u].latency + int(hi.meta["delays"][u]) + 1
+    aux_probe(f"relay:{label}:hi", relay.s_out, 2 * n, "count", lat, (0, n))
+    aux_probe(f"relay:{label}:lo", relay.s_out, 2 * n, "count", lat, (n, 2 * n))
+    for syn, fo, half, st in ((hi, fo_hi, "hi", stored[0]), (lo, fo_lo, "lo", stored[1])):
+        net.event_terms.append({"synapse": syn.name, "hop": "conv", "trace": ("spikes", u), "fan_out": fo})
+        net.event_terms.append({"synapse": syn.name, "hop": "floor", "trace": ("aux", f"relay:{label}:{half}"),
+                                "fan_out": 1})
+        net.stored_weights[syn.name] = net.stored_weights.get(syn.name, 0) + st + n
+        net.mapping[syn.name] = "conv pair"
 
 
 def _as_list(x):

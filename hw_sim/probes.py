@@ -172,7 +172,8 @@ def multi_probe(entries: list, depth: int):
     entries : list of ``(kind, n, path)`` — ``kind`` ``"group"`` (spikes int8, u, v int32:
         ``path/{spikes,u,v}.bin`` ``(depth, n)``, u and v read through RefPorts in the
         post-management phase as :class:`hw_sim.processes.GroupProbe` does), ``"values"``
-        (``path/values.bin``) or ``"count"`` (``path/count.bin``)
+        (``path/values.bin``), ``"count"`` (``path/count.bin``) or ``"count:a:b"`` (the
+        non-zero messages among elements ``a..b−1`` only)
     depth : int — ring rows; step τ goes to row ``(τ − 1) % depth``
 
     Returns
@@ -215,8 +216,11 @@ def multi_probe(entries: list, depth: int):
                 m["spikes"][row] = x != 0
             elif kind == "values":
                 m[row] = x
-            else:
+            elif kind == "count":
                 m[row] = np.count_nonzero(x)
+            else:  # "count:a:b" — non-zero messages of x[a:b]
+                a, b = (int(z) for z in kind.split(":")[1:])
+                m[row] = np.count_nonzero(x[a:b])
 
     def post_guard(self):
         return any(kind == "group" for kind, _, _ in self.proc_params["layout"])

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.mapping import attention_hops, hop_latency, synapse_mapping
+from export.mapping import attention_hops, hop_latency, paired, synapse_mapping
 from hw_sim.connectivity import fan_out, shared_fan_out, synapse_matrix
 from hw_sim.replay import replay
 
@@ -127,6 +127,13 @@ def test_delays_follow_the_mapping_rule():
         if s.kind == "attention":
             assert sorted(hop_latency(s, u) for u in s.sources) == sorted(attention_hops(s.meta["attention_order"]))
     assert {"conv", "conv+floor", "attention", "sparse", "input"} <= kinds
+    # weight-split pairs share one Conv: both halves take the relay's 2 hops
+    pairs = [(s, u) for s in g.synapses.values() for u in s.sources if u != "input" and paired(s, u)]
+    assert pairs and all(hop_latency(s, u) == 2 for s, u in pairs)
+    for s in g.synapses.values():
+        if s.meta.get("paired_with"):
+            hi = g.synapses[s.meta["paired_with"]]
+            assert s.meta["split_of"] == hi.name and s.weight_exp < 0 <= hi.weight_exp
 
 
 def test_shared_and_unrolled_mappings_are_identical_step_by_step():
@@ -139,7 +146,7 @@ def test_shared_and_unrolled_mappings_are_identical_step_by_step():
     b = replay(g, x, chunk=1, shared=False)
     assert a.bit_exact and b.bit_exact
     assert a.events_lava == b.events_lava == a.events_twin
-    assert "conv" in a.mapping.values() and "conv+floor" in a.mapping.values()
+    assert "conv pair" in a.mapping.values()
     assert sum(a.stored_weights.values()) < sum(b.stored_weights.values()) / 5
 
 
