@@ -10,7 +10,7 @@ that the host reads between runs.
   int64, ``(depth,)``.
 
 Step τ (1-based, Lava's ``time_step``) is stored in row ``(τ − 1) % depth``. The pattern is
-that of :class:`hw_sim.processes.GroupProbe`: the files are written by the probe's own OS
+that of the group recordings of :func:`multi_probe`: the files are written by the probe's own OS
 process through a shared memory map (lava's ``Var.get`` relays arrays element by element and
 is far too slow for traces). Both processes have one ``InPort`` ``s_in`` of shape ``(n,)``
 that takes an ``OutPort`` of the same shape (the compiler sizes the channel from the
@@ -171,7 +171,7 @@ def multi_probe(entries: list, depth: int):
     ----------
     entries : list of ``(kind, n, path)`` — ``kind`` ``"group"`` (spikes int8, u, v int32:
         ``path/{spikes,u,v}.bin`` ``(depth, n)``, u and v read through RefPorts in the
-        post-management phase as :class:`hw_sim.processes.GroupProbe` does), ``"values"``
+        post-management phase, as lava's ``Monitor`` does), ``"values"``
         (``path/values.bin``), ``"count"`` (``path/count.bin``) or ``"count:a:b"`` (the
         non-zero messages among elements ``a..b−1`` only)
     depth : int — ring rows; step τ goes to row ``(τ − 1) % depth``

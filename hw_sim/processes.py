@@ -9,8 +9,6 @@ only; everything that computes the network is a stock lava-nc process (see
   CSR fancy assignment over all non-zeros), which made a 3-clip replay of a width-0.125
   MK-SGN run for more than 10 minutes; the delay line costs a copy per step. Delays are free
   on the chip (dendritic delay buffers), so no events are counted for it.
-* :class:`GroupProbe` — records a neuron group's spikes (InPort) and u, v (RefPorts read in
-  the post-management phase, as lava's ``Monitor`` does) into memory-mapped rings.
 * :class:`PyConvModelFixedFast` — a process model of lava's *stock* ``Conv`` process, a
   stand-in for ``PyConvModelFixed`` (``lava/proc/conv/models.py``) that computes the same
   integers faster. The stock model loops over every (output channel, input channel) pair
@@ -34,9 +32,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.model.py.model import PyLoihiProcessModel
-from lava.magma.core.model.py.ports import PyInPort, PyOutPort, PyRefPort
+from lava.magma.core.model.py.ports import PyInPort, PyOutPort
 from lava.magma.core.model.py.type import LavaPyType
-from lava.magma.core.process.ports.ports import InPort, OutPort, RefPort
+from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.process.variable import Var
 from lava.magma.core.resources import CPU
@@ -44,7 +42,7 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from lava.proc.conv import utils as conv_utils
 from lava.proc.conv.process import Conv
 
-__all__ = ["GroupProbe", "SpikeDelay", "PyConvModelFixedFast", "open_trace", "PROBE_FILES"]
+__all__ = ["SpikeDelay", "PyConvModelFixedFast", "open_trace", "PROBE_FILES"]
 
 
 class SpikeDelay(AbstractProcess):
@@ -86,52 +84,10 @@ PROBE_FILES = {"spikes": np.int8, "u": np.int32, "v": np.int32}
 
 
 def open_trace(path, name: str, depth: int, n: int, mode: str = "r"):
-    """The memory map ``(depth, n)`` of one :class:`GroupProbe` file ``path/<name>.bin``."""
+    """The memory map ``(depth, n)`` of one recorded group's file ``path/<name>.bin`` (spikes
+    int8, u and v int32; written by :func:`hw_sim.probes.multi_probe`)."""
     return np.memmap(os.path.join(path, f"{name}.bin"), dtype=PROBE_FILES.get(name, np.int32), mode=mode,
                      shape=(depth, n))
-
-
-class GroupProbe(AbstractProcess):
-    """Ring-buffer recorder of one neuron group: spikes via ``s_in``, u and v via RefPorts
-    (read in the post-management phase, as lava's ``Monitor`` does).
-
-    Step τ (1-based) is stored in row ``(τ − 1) % depth`` of three memory-mapped files in
-    ``path`` (``spikes.bin`` int8, ``u.bin``, ``v.bin`` int32, each ``(depth, n)``), which the
-    host reads between runs: lava's ``Var.get`` relays arrays element by element through the
-    runtime service, which took minutes per read for a (56, 8320) buffer.
-    """
-
-    def __init__(self, *, n: int, depth: int, path: str, name=None):
-        super().__init__(n=int(n), depth=int(depth), path=str(path), name=name)
-        self.s_in = InPort(shape=(n,))
-        self.u_ref = RefPort(shape=(n,))
-        self.v_ref = RefPort(shape=(n,))
-
-
-@implements(proc=GroupProbe, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("fixed_pt")
-class PyGroupProbeModelFixed(PyLoihiProcessModel):
-    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
-    u_ref: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, np.int32, precision=24)
-    v_ref: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, np.int32, precision=24)
-
-    def _maps(self):
-        if not hasattr(self, "maps"):
-            p = self.proc_params
-            self.maps = {k: open_trace(p["path"], k, p["depth"], p["n"], "r+") for k in PROBE_FILES}
-        return self.maps
-
-    def run_spk(self):
-        self._maps()["spikes"][(self.time_step - 1) % self.proc_params["depth"]] = self.s_in.recv() != 0
-
-    def post_guard(self):
-        return True
-
-    def run_post_mgmt(self):
-        row = (self.time_step - 1) % self.proc_params["depth"]
-        self._maps()["u"][row] = self.u_ref.read()
-        self._maps()["v"][row] = self.v_ref.read()
 
 
 def conv_fast(x: np.ndarray, weight: np.ndarray, stride, padding) -> np.ndarray:
