@@ -4,7 +4,7 @@ only; everything that computes the network is a stock lava-nc process (see
 
 * :class:`SpikeDelay` — a spike delay line of ``delay`` steps in front of a synapse: with a
   ``Sparse`` behind it, it is lava's ``DelaySparse`` with one delay for every synapse
-  (``tests/test_processes.py`` compares the two step by step). lava-nc 0.10's
+  (``tests/test_lava_mapping.py`` compares the two step by step). lava-nc 0.10's
   ``PyDelaySparseModelBitAcc`` rebuilds its delay-stacked weight matrix every step (with a
   CSR fancy assignment over all non-zeros), which made a 3-clip replay of a width-0.125
   MK-SGN run for more than 10 minutes; the delay line costs a copy per step. Delays are free
@@ -16,7 +16,7 @@ only; everything that computes the network is a stock lava-nc process (see
   disables its torch path): a folded graph conv as a 1×1 ``Conv`` over ``C·V = 320``
   channels is 102,400 calls per step. The stand-in does one float64 matrix product over
   strided windows (exact: every sum is an integer far below 2⁵³) and the stock
-  ``signed_clamp`` 24-bit wrap; ``tests/test_processes.py`` checks it against the stock
+  ``signed_clamp`` 24-bit wrap; ``tests/test_lava_mapping.py`` checks it against the stock
   model bit for bit (binary and graded inputs, strides, padding, 1×1 and k×1 kernels, the
   wrap). It is selected with ``Loihi2SimCfg(exception_proc_model_map={Conv: ...})``.
 
