@@ -359,7 +359,7 @@ def build_network(graph: Graph, coords: np.ndarray, chunk: int = 4, shared: bool
     Raises
     ------
     SimError
-        Unquantised graph, delays that do not follow the current mapping (an export written
+        Unquantised graph, latencies that do not follow the current mapping (an export written
         by an older version: re-export), a weight off Lava's 8-bit grid, a negative
         ``weight_exp`` on a multi-source unrolled synapse, a delay above Loihi's 63, a
         readout bias no Loihi bias holds exactly.
@@ -378,9 +378,9 @@ def build_network(graph: Graph, coords: np.ndarray, chunk: int = 4, shared: bool
         raise SimError("the graph is not quantised; replay an export directory written by mksgn-export")
     if "readout_latency" not in graph.meta:
         raise SimError("the graph is not delay-balanced (no readout_latency); re-export it")
-    ref = balance_delays(graph)
+    ref = balance_delays(graph)  # latencies follow the hop rule; delays are the export's own
     if ref.meta["readout_latency"] != graph.meta["readout_latency"] or any(
-            ref.synapses[k].meta["delays"] != s.meta.get("delays") for k, s in graph.synapses.items()):
+            ref.groups[k].latency != g.latency for k, g in graph.groups.items()):
         raise SimError("the export's delays do not follow this version's Lava mapping (export.mapping); "
                        "re-export the checkpoint with mksgn-export")
     P = int(graph.time_steps)
