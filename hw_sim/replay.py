@@ -232,7 +232,7 @@ def _clip_slice(t: torch.Tensor, i: int, per_body: int) -> np.ndarray:
 
 def replay(graph: Graph, x: torch.Tensor, labels=None, *, chunk: int = 4, timeout_s: float | None = None,
            progress=None, compare: bool = True, reference: Graph | None = None,
-           shared: bool = True) -> ReplayResult:
+           shared: bool = True, check_mapping: bool = True) -> ReplayResult:
     """Stream clips through the Lava network (one compiled run) and compare with the twin.
 
     Parameters
@@ -248,6 +248,8 @@ def replay(graph: Graph, x: torch.Tensor, labels=None, *, chunk: int = 4, timeou
         defects in ``graph`` only, to prove the comparison finds them.
     shared : bool — weight-shared ``Conv`` mapping (default) or the unrolled one
         (:func:`~hw_sim.network.build_network`).
+    check_mapping : bool — refuse delays that do not follow :mod:`export.mapping` (default);
+        tests that plant wrong delays turn it off to prove the comparison locates them.
 
     Returns
     -------
@@ -264,7 +266,7 @@ def replay(graph: Graph, x: torch.Tensor, labels=None, *, chunk: int = 4, timeou
         raise SimError("no clips to replay")
     t0 = time.perf_counter()
     coords = input_coordinates(graph, x)
-    net: LavaNetwork = build_network(graph, coords, chunk=chunk, shared=shared)
+    net: LavaNetwork = build_network(graph, coords, chunk=chunk, shared=shared, check_mapping=check_mapping)
     P = net.period
     M = int(graph.input_shape[3])
     per_body = {n: net.shapes[n][0] for n in graph.groups}
