@@ -536,7 +536,7 @@ def build_network(graph: Graph, coords: np.ndarray, chunk: int = 4, shared: bool
                 floor = sparse(s, u, eye, f"floor:{label}", s.weight_exp, graded=True)
                 relay.s_out.connect(floor.s_in)
                 floor.a_out.connect(net.lif[s.target].a_in)
-                lat = graph.groups[u].latency + d + 1 if u != INPUT else d + 1
+                lat = graph.groups[u].latency + d + 1  # the relay works one hop after the delayed spikes
                 aux_probe(f"relay:{label}", relay.s_out, n_t, "count", lat)
                 net.event_terms.append({"synapse": s.name, "hop": "floor", "trace": ("aux", f"relay:{label}"),
                                         "fan_out": 1})
@@ -566,8 +566,7 @@ def build_network(graph: Graph, coords: np.ndarray, chunk: int = 4, shared: bool
             d = int(s.meta["delays"][u])
             check_delay(s, u, d)
             port = spike_source(u, d)
-            for inport in _as_list(getattr(blk, f"{key}_in")):
-                port.connect(inport)
+            port.connect(getattr(blk, f"{key}_in"))
         blk.a_out.connect(net.lif[s.target].a_in)
         for label, proc in blk.processes.items():
             net.processes[f"{s.name}:{label}"] = proc
@@ -649,8 +648,7 @@ def _build_pair(net, graph, hi, lo, u, src, tgt_shape, per_clip, shared, sparse,
             stored.append(int(big.nnz))
         fo_hi, fo_lo = fos
     net.processes[f"relay:{label}"] = relay
-    mat = sp.hstack([sp.identity(n, dtype=np.int32, format="csr") * (1 << w),
-                     sp.identity(n, dtype=np.int32, format="csr")], format="csr").astype(np.int32)
+    mat = sp.hstack([sparse_eye(n) * (1 << w), sparse_eye(n)], format="csr").astype(np.int32)
     floor = sparse(hi, u, mat, f"floor:{label}", -k, graded=True)
     relay.s_out.connect(floor.s_in)
     floor.a_out.connect(net.lif[hi.target].a_in)
@@ -665,10 +663,6 @@ def _build_pair(net, graph, hi, lo, u, src, tgt_shape, per_clip, shared, sparse,
         net.mapping[syn.name] = "conv pair"
 
 
-def _as_list(x):
-    return list(x) if isinstance(x, (list, tuple)) else [x]
-
-
 def net_fan_out(blk, hop):
     """Fan-out per source neuron of one attention hop (1 for count-probed product neurons)."""
     if hop["source"] in ("prod1", "prod2"):
@@ -677,5 +671,5 @@ def net_fan_out(blk, hop):
 
 
 def sparse_eye(n: int):
-    """One-to-one weight-1 CSR ``(n, n)`` (the flooring synapse behind a ``Conv`` relay)."""
+    """One-to-one weight-1 CSR ``(n, n)`` (the flooring synapses behind a ``Conv`` relay)."""
     return sp.identity(n, dtype=np.int32, format="csr")
