@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from hw_sim.cli import energy_cli, energy_main
+from cli.sim import energy_cli, energy_main
 from hw_sim.errors import SimError
 from hw_sim.report import (compare_reports, format_table, load_report, plot_comparison, plot_report,
                            report_labels)

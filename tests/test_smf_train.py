@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def cli(tool: str, *args) -> subprocess.CompletedProcess:
     """Run a console script's ``main`` from this checkout (the installed scripts may point at
-    another worktree): ``tool`` is ``train`` or ``evaluate`` (``mksgn.cli.<tool>``)."""
-    code = f"import sys; from mksgn.cli.{tool} import main; main(sys.argv[1:])"
+    another worktree): ``tool`` is ``train`` or ``evaluate`` (``cli.<tool>``)."""
+    code = f"import sys; from cli.{tool} import main; main(sys.argv[1:])"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
                           timeout=120, cwd=ROOT, env=env)

@@ -6,7 +6,7 @@ from typing import Callable
 
 import click
 
-from ..errors import MksgnError
+from mksgn.errors import MksgnError
 
 EXIT_USER_ERROR = 2
 

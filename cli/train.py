@@ -5,9 +5,9 @@ from pathlib import Path
 
 import click
 
-from ..preprocess import MODALITIES
-from ..train import train
-from .common import run
+from mksgn.preprocess import MODALITIES
+from mksgn.train import train
+from cli.common import run
 
 
 @click.command(help="Train a spiking model (MK-SGN, the four-modality MK-SGN with SMF, or Base-SGN*) or the CTR-GCN "

@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..data import SPECS, in_split, load_clips
-from ..io import read_clip
-from .common import run
+from mksgn.data import SPECS, in_split, load_clips
+from mksgn.io import read_clip
+from cli.common import run
 
 
 @click.group(help="Inspect skeleton datasets (NW-UCLA json folders, NTU RGB+D .skeleton files).")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from mksgn.cli.common import run
+from cli.common import run
 
-from .errors import SimError
+from hw_sim.errors import SimError
 
 
 @click.command(help="Replay an export directory in Lava (Loihi2SimCfg fixed_pt) on real clips, check every "
@@ -28,8 +28,8 @@ from .errors import SimError
               help="Seconds one chunk may run before the replay is declared stuck (default 300 + 30 per step).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def cli(export_dir, data, split, clips, report, plots, chunk, timeout_s, quiet):
-    from .report import format_table
-    from .simulate import simulate
+    from hw_sim.report import format_table
+    from hw_sim.simulate import simulate
     _, rep = simulate(export_dir, data, split, clips, chunk=chunk, timeout_s=timeout_s, report_path=report,
                       plots_dir=plots, progress=not quiet)
     click.echo(format_table(rep))
@@ -44,7 +44,7 @@ def cli(export_dir, data, split, clips, report, plots, chunk, timeout_s, quiet):
 @click.argument("reports", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="Write the bar chart PNG here.")
 def energy_cli(reports, plot):
-    from .report import compare_reports, load_report, plot_comparison, report_labels
+    from hw_sim.report import compare_reports, load_report, plot_comparison, report_labels
 
     if len(reports) < 2:
         raise SimError(f"mksgn-energy compares reports side by side and needs at least two "

@@ -6,10 +6,10 @@ from pathlib import Path
 import click
 import numpy as np
 
-from mksgn.cli.common import run
+from cli.common import run
 
-from .exporter import TARGETS, run_export
-from .passes import SPLIT_KINDS
+from export.exporter import TARGETS, run_export
+from export.passes import SPLIT_KINDS
 
 #: ``--weight-split/--no-weight-split`` of mksgn-export and mksgn-qcheck (the same lowering);
 #: the callback turns the flag into the synapse kinds :func:`export.passes.quantise` splits.
@@ -77,7 +77,7 @@ def qcheck(checkpoint, data, split, clips, calib_data, calib_clips, runs, eps, d
 
     from mksgn.checkpoint import atomic_write
 
-    from .sensitivity import DEFAULT_EPS, HOT_FACTOR, format_divergence, plot_quant_check, quant_check
+    from export.sensitivity import DEFAULT_EPS, HOT_FACTOR, format_divergence, plot_quant_check, quant_check
     r = quant_check(checkpoint, data, split, calib_data, calib_clips, runs,
                     DEFAULT_EPS if eps is None else eps, divergence_clips, max_loss, clips,
                     weight_split=weight_split)

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from ..evaluate import evaluate
-from .common import run
+from mksgn.evaluate import evaluate
+from cli.common import run
 
 
 @click.command(help="Evaluate a checkpoint on real clips: top-1 (%), per-class accuracy, confusion "
@@ -39,7 +39,7 @@ def cli(checkpoint, data, split, json_path, plots_dir, analysis_clips, model_car
     if alphas and not ensemble:
         raise click.UsageError("--alphas only applies to --ensemble")
     if ensemble:
-        from ..evaluate import evaluate_ensemble
+        from mksgn.evaluate import evaluate_ensemble
         r = evaluate_ensemble(list(ensemble), data, split, alphas or None, json_path)
         click.echo(f"\n4-stream CTR-GCN teacher on {split} ({r['clips']} clips):")
         for m, rec in r["streams"].items():
@@ -68,7 +68,7 @@ def cli(checkpoint, data, split, json_path, plots_dir, analysis_clips, model_car
     if plots_dir:
         click.echo(f"wrote {Path(plots_dir) / 'confusion.png'} and firing_rates.png")
     if model_card:
-        from ..model_card import write_model_card
+        from mksgn.model_card import write_model_card
         click.echo(f"wrote {write_model_card(checkpoint, r, model_card)}")
 
 
