@@ -129,3 +129,13 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def checkpoint_fusion_rule(ckpt: dict) -> str | None:
+    """The fusion-weight rule (``train.smf_weights``) a four-modality checkpoint was trained
+    with: the recorded one, else ``"paper"`` (the only rule before issue 16); None for a
+    single-modality checkpoint."""
+    if ckpt.get("config", {}).get("model", {}).get("fusion", "none") != "smf":
+        return None
+    return (ckpt.get("metrics", {}).get("fusion_rule")
+            or ckpt.get("config", {}).get("train", {}).get("smf_weights") or "paper")

@@ -36,12 +36,15 @@ from .models.config import ModelConfig
 from .models.mksgn import SpikingCoding
 from .preprocess import MODALITIES
 
-__all__ = ["STREAMS", "STUDENT_LAYERS", "TEACHER_LAYERS", "ensemble_logits", "soft_label_loss",
+__all__ = ["STREAMS", "DEFAULT_ALPHAS", "STUDENT_LAYERS", "TEACHER_LAYERS", "ensemble_logits", "soft_label_loss",
            "FeatureTranslation", "cosine_feature_loss", "student_features", "DistillLoss", "total_loss"]
 
 STREAMS = MODALITIES
 """Order of the four teacher streams everywhere in this module: joint, bone, joint motion,
 bone motion (:data:`mksgn.preprocess.MODALITIES`)."""
+DEFAULT_ALPHAS = (0.6, 0.6, 0.4, 0.4)
+"""Default ``α`` of eq. 25 (joint, bone, joint motion, bone motion): the weights of the
+CTR-GCN ensemble script (``ensemble.py``); the paper gives none."""
 TEACHER_LAYERS = (5, 8)
 """1-based teacher (CTR-GCN) layers whose features are translated (paper: ``T_A·5``, ``T_A·8``)."""
 STUDENT_LAYERS = (3, 5)

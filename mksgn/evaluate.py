@@ -7,16 +7,81 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from .analysis import analyse
-from .checkpoint import atomic_write, load_checkpoint, load_state
+from .checkpoint import atomic_write, load_checkpoint, load_state, sha256_file
 from .data import SkeletonDataset
+from .distill import DEFAULT_ALPHAS, STREAMS, ensemble_logits
 from .errors import CheckpointError, ConfigError
 from .models import ModelConfig, build_model
-from .train import evaluate_logits, model_input
+from .preprocess import MODALITIES
 
 __all__ = ["load_model", "load_teachers", "evaluate", "evaluate_ensemble", "confusion_matrix",
-           "plot_confusion"]
+           "plot_confusion", "model_input", "evaluate_logits", "to_device"]
+
+
+def to_device(x, device: torch.device):
+    """A batch (tensor, or dict modality → tensor) on ``device``; unchanged on the CPU."""
+    if isinstance(x, dict):
+        return {k: v.to(device) for k, v in x.items()}
+    return x.to(device)
+
+
+def model_input(batch: dict, modalities, fusion: str = "none"):
+    """The model's input from a collated dataset batch.
+
+    Parameters
+    ----------
+    batch : dict modality → Tensor ``(N, C, T, V, M)``
+    modalities : sequence of str
+        The model's modalities (``train.modalities`` / the checkpoint's ``data.modalities``).
+    fusion : {"none", "smf"}
+        ``ModelConfig.fusion`` of the model.
+
+    Returns
+    -------
+    Tensor ``(N, C, T, V, M)`` of the one modality (``fusion="none"``), or a dict of all four
+    modalities (``fusion="smf"``, :class:`~mksgn.models.smf.SMFMKSGN`).
+
+    Raises
+    ------
+    ConfigError
+        Several modalities for a single-modality model, or not all four for the SMF model.
+    """
+    if fusion == "smf":
+        missing = [m for m in MODALITIES if m not in modalities or m not in batch]
+        if missing:
+            raise ConfigError(f"the four-modality MK-SGN (model.fusion 'smf') needs all of {list(MODALITIES)}; "
+                              f"missing {missing}")
+        return {m: batch[m] for m in MODALITIES}
+    if len(modalities) != 1:
+        raise ConfigError(f"train.modalities {list(modalities)}: a single-modality model takes one; "
+                          "multi-modal input needs the SMF model (model.fusion 'smf', all four modalities)")
+    return batch[modalities[0]]
+
+
+def _fusion(model) -> str:
+    return getattr(getattr(model, "cfg", None), "fusion", "none")
+
+
+@torch.no_grad()
+def evaluate_logits(model, dataset, batch_size: int = 32, progress: bool = True,
+                    desc: str = "eval", modalities=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``model`` over ``dataset``; returns logits ``(N, classes)`` and labels ``(N,)``.
+
+    ``modalities``: the model's (default: the dataset's); the input is :func:`model_input`.
+    """
+    model.eval()
+    device = next(model.parameters()).device  # the batches go where the model is; logits come back
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    mods = dataset.modalities if modalities is None else modalities
+    outs, labels = [], []
+    for x, y in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+        outs.append(model(model_input(to_device(x, device), mods, _fusion(model))).cpu())
+        labels.append(y)
+    return torch.cat(outs), torch.cat(labels)
 
 
 def load_model(path: str | Path):
@@ -74,9 +139,6 @@ def load_teachers(paths, layout: str | None = None, num_classes: int | None = No
     CheckpointError
         A missing, corrupt or foreign file.
     """
-    from .distill import STREAMS
-    from .checkpoint import sha256_file
-
     paths = [Path(p) for p in paths]
     if len(paths) != len(STREAMS):
         raise ConfigError(f"--teacher: got {len(paths)} checkpoint(s); the 4-stream teacher needs exactly "
@@ -130,7 +192,7 @@ def evaluate_ensemble(checkpoints, data_root: str | Path, split: str = "test", a
     split : {"train", "test"}
     alphas : sequence of 4 floats, optional
         ``α`` of eq. 25 in the order joint, bone, joint_motion, bone_motion (default
-        :data:`mksgn.train.DEFAULT_ALPHAS`).
+        :data:`mksgn.distill.DEFAULT_ALPHAS`).
     json_path : optional, where to write the result as JSON
 
     Returns
@@ -142,9 +204,6 @@ def evaluate_ensemble(checkpoints, data_root: str | Path, split: str = "test", a
     ------
     ConfigError, CheckpointError, DataError
     """
-    from .distill import STREAMS, ensemble_logits
-    from .train import DEFAULT_ALPHAS
-
     alphas = list(DEFAULT_ALPHAS if alphas is None else alphas)
     models, info = load_teachers(checkpoints)
     first = load_checkpoint(info[0]["checkpoint"])["data"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write, load_checkpoint
+from .checkpoint import atomic_write, checkpoint_fusion_rule, load_checkpoint
 
 ARCH_NAMES = {"mksgn": "MK-SGN", "base_sgn": "Base-SGN*", "ctrgcn": "CTR-GCN"}
 TOP1_LINE = re.compile(r"^- test top-1: ([0-9.]+) %", re.M)
@@ -69,7 +69,6 @@ def write_model_card(checkpoint: str | Path, result: dict, path: str | Path) -> 
         lines.append(f"- noise-aware training: every synaptic weight × (1 + {tr['weight_noise']}·z), z ~ N(0, 1), "
                      "redrawn at every step (`train.weight_noise`)")
     if cfg.get("fusion") == "smf":
-        from .train import checkpoint_fusion_rule
         w = met.get("fusion_weight") or {}
         rule = checkpoint_fusion_rule(ckpt)
         lines.append("- four-modality MK-SGN: Spiking Multimodal Fusion (SMF, paper eq. 16–24), frozen fusion "

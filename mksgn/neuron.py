@@ -1,7 +1,7 @@
 """The spiking neuron of every float model: a multi-step LIF in Loihi form.
 
-Dynamics (paper Table 4; Loihi CUBA-LIF with ``du = 4095``, DESIGN "The one rule about
-integers"), per time step ``t = 0 … T_s−1`` and per neuron, starting from ``v[−1] = 0``::
+Dynamics (paper Table 4; Loihi CUBA-LIF with ``du = 4095``, docs/design.md "Integer rules"),
+per time step ``t = 0 … T_s−1`` and per neuron, starting from ``v[−1] = 0``::
 
     h[t] = β · v[t−1] + I[t]           # leaky integration ("decay 0.25" → β = 0.25)
     s[t] = 1  if h[t] > vth  else 0    # strict threshold: h == vth does NOT spike
@@ -11,10 +11,12 @@ integers"), per time step ``t = 0 … T_s−1`` and per neuron, starting from ``
 window of width ``a``, Table 4 "window size 1.0") is ``∂s/∂h = 1/a · [|h − vth| < a/2]``;
 the reset is detached from the graph (SpikingJelly ``detach_reset=True``).
 
-Loihi mapping (``lava/proc/lif/models.py``, fixed point):
+Loihi mapping (``lava/proc/lif/models.py``, fixed point; the rules themselves live in
+``export/fixed_point.py``, which this float model does not need):
 
-* ``dv = round(4096 · (1 − β)) = 3072`` for β = 0.25, so ``v·(4096−dv)>>12 = v/4``;
-* ``du = 4095``: the current ``u`` is the instantaneous synaptic input ``a_in << 6``;
+* ``dv = quantise_decay(β) = round(4096 · (1 − β)) = 3072`` for β = 0.25, so
+  ``v·(4096−dv)>>12 = v/4``;
+* ``du = DU_MAX = 4095``: the current ``u`` is the instantaneous synaptic input ``a_in << 6``;
 * ``vth`` (mantissa) ``= (threshold · scale) >> 6`` where ``scale`` is the integer scale of
   the synaptic weights (weights·scale are the integer weights), because Lava compares
   ``v > vth << 6``;
@@ -31,16 +33,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["LIF", "lif_scan", "loihi_decay"]
-
-
-def loihi_decay(beta: float) -> int:
-    """Loihi ``dv`` for a float decay ``β``: ``round(4096·(1−β))`` (β = 1 − dv/4096).
-
-    Delegates to :func:`export.fixed_point.quantise_decay`, the one home of Loihi's rules.
-    """
-    from export.fixed_point import quantise_decay
-    return int(quantise_decay(beta))
+__all__ = ["LIF", "lif_scan"]
 
 
 @torch.no_grad()
@@ -114,7 +107,8 @@ class LIF(nn.Module):
     Parameters
     ----------
     beta : float
-        Membrane decay β in [0, 1] (paper "decay factor 0.25"; Loihi ``dv = 4096·(1−β)``).
+        Membrane decay β in [0, 1] (paper "decay factor 0.25"; Loihi
+        ``dv = export.fixed_point.quantise_decay(β)``).
     threshold : float
         Firing threshold vth > 0 (paper 1.0).
     surrogate_width : float
@@ -132,14 +126,6 @@ class LIF(nn.Module):
         if threshold <= 0 or surrogate_width <= 0:
             raise ValueError("LIF threshold and surrogate_width must be > 0")
         self.beta, self.threshold, self.surrogate_width = float(beta), float(threshold), float(surrogate_width)
-
-    @property
-    def loihi_dv(self) -> int:
-        """Loihi voltage decay ``round(4096·(1−β))`` (3072 for β = 0.25)."""
-        return loihi_decay(self.beta)
-
-    loihi_du = 4095
-    """Loihi current decay: 4095 makes ``u`` the instantaneous input."""
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
         """Spikes ``(T_s, B, ...)`` for input current ``(T_s, B, ...)``."""

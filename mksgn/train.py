@@ -26,19 +26,17 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .checkpoint import git_revision, load_checkpoint, load_state, save_checkpoint, sha256_file
+from .checkpoint import checkpoint_fusion_rule, git_revision, load_checkpoint, load_state, save_checkpoint
 from .data import SkeletonDataset
+from .distill import DEFAULT_ALPHAS
 from .errors import ConfigError
+from .evaluate import evaluate_logits, load_teachers, model_input, to_device
 from .models import ModelConfig, build_model
 from .models.smf import FUSION_RULES
 from .preprocess import MODALITIES
 
-__all__ = ["TrainConfig", "load_config", "train", "model_input", "evaluate_logits", "DEFAULT_ALPHAS",
-           "MINE_OPTIMIZERS", "checkpoint_fusion_rule"]
+__all__ = ["TrainConfig", "load_config", "train", "MINE_OPTIMIZERS"]
 
-DEFAULT_ALPHAS = (0.6, 0.6, 0.4, 0.4)
-"""Default ``α`` of eq. 25 (joint, bone, joint motion, bone motion): the weights of the
-CTR-GCN ensemble script (``ensemble.py``); the paper gives none."""
 MINE_OPTIMIZERS = ("adam", "sgd")
 
 
@@ -264,13 +262,6 @@ def _device(name) -> torch.device:
     return dev
 
 
-def _to(x, device: torch.device):
-    """A batch (tensor, or dict modality → tensor) on ``device``; unchanged on the CPU."""
-    if isinstance(x, dict):
-        return {k: v.to(device) for k, v in x.items()}
-    return x.to(device)
-
-
 def _cpu(obj):
     """``obj`` (nested dicts / lists / tuples of tensors) with every tensor on the CPU, so a
     checkpoint written on a GPU loads anywhere with ``weights_only=True``; CPU tensors are
@@ -312,60 +303,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
 
-
-def model_input(batch: dict, modalities, fusion: str = "none"):
-    """The model's input from a collated dataset batch.
-
-    Parameters
-    ----------
-    batch : dict modality → Tensor ``(N, C, T, V, M)``
-    modalities : sequence of str
-        The model's modalities (``train.modalities`` / the checkpoint's ``data.modalities``).
-    fusion : {"none", "smf"}
-        ``ModelConfig.fusion`` of the model.
-
-    Returns
-    -------
-    Tensor ``(N, C, T, V, M)`` of the one modality (``fusion="none"``), or a dict of all four
-    modalities (``fusion="smf"``, :class:`~mksgn.models.smf.SMFMKSGN`).
-
-    Raises
-    ------
-    ConfigError
-        Several modalities for a single-modality model, or not all four for the SMF model.
-    """
-    if fusion == "smf":
-        missing = [m for m in MODALITIES if m not in modalities or m not in batch]
-        if missing:
-            raise ConfigError(f"the four-modality MK-SGN (model.fusion 'smf') needs all of {list(MODALITIES)}; "
-                              f"missing {missing}")
-        return {m: batch[m] for m in MODALITIES}
-    if len(modalities) != 1:
-        raise ConfigError(f"train.modalities {list(modalities)}: a single-modality model takes one; "
-                          "multi-modal input needs the SMF model (model.fusion 'smf', all four modalities)")
-    return batch[modalities[0]]
-
-
-def _fusion(model) -> str:
-    return getattr(getattr(model, "cfg", None), "fusion", "none")
-
-
-@torch.no_grad()
-def evaluate_logits(model, dataset, batch_size: int = 32, progress: bool = True,
-                    desc: str = "eval", modalities=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``model`` over ``dataset``; returns logits ``(N, classes)`` and labels ``(N,)``.
-
-    ``modalities``: the model's (default: the dataset's); the input is :func:`model_input`.
-    """
-    model.eval()
-    device = next(model.parameters()).device  # the batches go where the model is; logits come back
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    mods = dataset.modalities if modalities is None else modalities
-    outs, labels = [], []
-    for x, y in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
-        outs.append(model(model_input(_to(x, device), mods, _fusion(model))).cpu())
-        labels.append(y)
-    return torch.cat(outs), torch.cat(labels)
 
 
 def _payload(model, mcfg, tcfg, train_set, epoch, metrics, opt=None, modalities=None, extra=None) -> dict:
@@ -503,16 +440,6 @@ def smf_state_from_single(state_dict: dict, modality: str = "joint") -> dict:
     return out
 
 
-def checkpoint_fusion_rule(ckpt: dict) -> str | None:
-    """The fusion-weight rule (``train.smf_weights``) a four-modality checkpoint was trained
-    with: the recorded one, else ``"paper"`` (the only rule before issue 16); None for a
-    single-modality checkpoint."""
-    if ckpt.get("config", {}).get("model", {}).get("fusion", "none") != "smf":
-        return None
-    return (ckpt.get("metrics", {}).get("fusion_rule")
-            or ckpt.get("config", {}).get("train", {}).get("smf_weights") or "paper")
-
-
 def freeze_except(model: torch.nn.Module, prefixes, keep=()) -> None:
     """``train.trainable``: switch ``requires_grad`` off for every parameter whose name does not
     start with one of ``prefixes``, except the parameters in ``keep`` (the SMF's MINE
@@ -626,7 +553,6 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
     out_dir = Path(out_dir)
     kd = None
     if tcfg.teachers:
-        from .evaluate import load_teachers
         if mcfg.arch != "mksgn":
             raise ConfigError(f"{config_path}: distillation (--teacher) needs an MK-SGN student (model.arch "
                               f"'mksgn': its layers 3 and 5 match teacher layers 5 and 8), got {mcfg.arch!r}")
@@ -737,7 +663,7 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
             if smf:  # SMF.forward runs the estimators only on these batches
                 model.sc.estimate = estimate
             clean = _perturb_weights(model, tcfg.weight_noise, model.sc.estimators if smf else None)
-            x, y = _to(x, dev), y.to(dev)
+            x, y = to_device(x, dev), y.to(dev)
             x_in = model_input(x, student_mods, mcfg.fusion)
             if kd is not None:
                 terms, logits = kd.loss(model, x_in, x, y)

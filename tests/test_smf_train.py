@@ -253,7 +253,7 @@ def test_evaluate_model_card_and_export_of_the_smf_student(trained_kd, small_ucl
 
 def test_distillation_metrics_record_the_teachers(trained_kd, teachers):
     _, _, metrics, logs = trained_kd
-    from mksgn.train import sha256_file
+    from mksgn.checkpoint import sha256_file
     recs = {t["modality"]: t for t in metrics["teachers"]}
     assert list(recs) == list(MODALITIES)
     by_name = {Path(p).stem: p for p in teachers}
@@ -496,7 +496,7 @@ def test_fusion_rule_paper_reproduces_eq_23_is_recorded_and_resume_keeps_the_rul
     (momentum 1: the least-dependent modality exactly 0), the default ``"share"`` eq. 22's
     shares (sum 1); the rule is recorded in last.pt and model.pt; a last.pt is resumed only
     with its own rule, and one that records none (before issue 16) counts as "paper"."""
-    from mksgn.train import checkpoint_fusion_rule
+    from mksgn.checkpoint import checkpoint_fusion_rule
     for rule in ("paper", "share"):
         cfg = write_config(tmp_path / f"{rule}.json", train={"mine_every": 2, "smf_weights": rule})
         metrics = train(cfg, small_ucla, tmp_path / rule, log=lambda *a: None)

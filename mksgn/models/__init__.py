@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import ConfigError
 from .base_sgn import BaseSGN
 from .config import ARCHS, ModelConfig
 from .ctrgcn import CTRGCN
@@ -40,8 +41,6 @@ def build_model(cfg: ModelConfig, with_estimator: bool = False, smf_momentum: fl
         If ``cfg`` is not a :class:`ModelConfig` (the arch itself is validated by it), or
         bad SMF arguments.
     """
-    from ..errors import ConfigError
-
     if not isinstance(cfg, ModelConfig):
         raise ConfigError(f"build_model needs a ModelConfig, got {type(cfg).__name__}; "
                           "use ModelConfig.from_dict for a dict")

@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass, fields
 
 from ..errors import ConfigError
 from ..graph import LAYOUTS
+from .ctrgcn import ctrgcn_stages
 
 __all__ = ["ModelConfig", "ARCHS", "FUSIONS"]
 
@@ -145,7 +146,6 @@ class ModelConfig:
     def stages(self) -> tuple:
         """``((out_channels, stride), ...)`` per layer: Table 7 widths × ``width``."""
         if self.arch == "ctrgcn":
-            from .ctrgcn import ctrgcn_stages
             return tuple(ctrgcn_stages(self.width))
         return tuple((max(4, int(round(c * self.width / 4)) * 4), s) for c, s in _TABLE7[self.arch])
 
