@@ -31,13 +31,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import load_state
 from .errors import ConfigError
 from .models.config import ModelConfig
 from .models.mksgn import SpikingCoding
 from .preprocess import MODALITIES
 
 __all__ = ["STREAMS", "DEFAULT_ALPHAS", "STUDENT_LAYERS", "TEACHER_LAYERS", "ensemble_logits", "soft_label_loss",
-           "FeatureTranslation", "cosine_feature_loss", "student_features", "DistillLoss", "total_loss"]
+           "FeatureTranslation", "cosine_feature_loss", "student_features", "DistillLoss", "total_loss",
+           "Distiller"]
 
 STREAMS = MODALITIES
 """Order of the four teacher streams everywhere in this module: joint, bone, joint motion,
@@ -292,8 +294,8 @@ def cosine_feature_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (1 - cos).mean()
 
 
-def student_features(model: nn.Module, x: torch.Tensor,
-                     layers: Sequence[int] = STUDENT_LAYERS) -> tuple[torch.Tensor, list]:
+def student_features(model: nn.Module, x: torch.Tensor, layers: Sequence[int] = STUDENT_LAYERS,
+                     **forward_kwargs) -> tuple[torch.Tensor, list]:
     """Run the student and capture the outputs of some of its layers (forward hooks).
 
     Parameters
@@ -306,6 +308,8 @@ def student_features(model: nn.Module, x: torch.Tensor,
         MK-SGN, whose layers read the SMF's fused spikes, eq. 24).
     layers : sequence of int
         1-based layer numbers (default :data:`STUDENT_LAYERS`, the paper's 3 and 5).
+    **forward_kwargs
+        Passed to the model's forward (the SMF student's ``estimate``).
 
     Returns
     -------
@@ -329,7 +333,7 @@ def student_features(model: nn.Module, x: torch.Tensor,
     handles = [mods[i - 1].register_forward_hook(lambda m, inp, out, i=i: seen.__setitem__(i, out))
                for i in layers]
     try:
-        logits = model(x)
+        logits = model(x, **forward_kwargs)
     finally:
         for h in handles:
             h.remove()
@@ -408,3 +412,104 @@ def total_loss(student_logits: torch.Tensor, labels: torch.Tensor, teacher_logit
     f2 = cosine_feature_loss(student_feats[1], teacher_spikes[1])
     feature = b1 * f1 + b2 * f2
     return DistillLoss(g1 * hard + g2 * soft + g3 * feature, hard, soft, feature, f1, f2)
+
+
+class Distiller:
+    """One distillation run (eq. 25–32): the frozen 4-stream teacher, the two FTMs, the FTMs'
+    own SGD optimiser (paper Table 5 "SGD/SGD") and the epoch's loss terms.
+
+    Parameters
+    ----------
+    teachers : dict modality → CTR-GCN
+        In eval mode with ``requires_grad`` off (:func:`mksgn.evaluate.load_teachers`).
+    info : list of dict
+        Each teacher's ``{"modality", "checkpoint", "sha256", "test_top1"}`` (kept in the
+        student's metrics).
+    mcfg : ModelConfig
+        The student's (its layer 3 and 5 widths size the FTMs).
+    tcfg : TrainConfig
+        ``kd_*`` weights, ``kd_ftm_lr``, ``lr``, ``momentum``, ``weight_decay``, ``nesterov``.
+    device : torch.device or str, optional
+        Where the FTMs live (the teachers are moved by the caller).
+
+    Attributes
+    ----------
+    ftms : ``ModuleList`` of the FTMs for teacher layer 5 → student layer 3 and teacher
+        layer 8 → student layer 5 (eq. 27–28); built here, so they draw from torch's global
+        generator.
+    optimizer : SGD over the FTMs, peak rate ``kd_ftm_lr``; :meth:`set_lr` follows the
+        student's warm-up and step schedule scaled by ``kd_ftm_lr / lr`` (Table 5 "decay
+        rate 0.1/0.1").
+    """
+
+    TERMS = ("hard", "soft", "feature", "feature_1", "feature_2")
+    """The :class:`DistillLoss` terms recorded per epoch (``loss_<term>``, mean per clip)."""
+
+    def __init__(self, teachers: dict, info: list, mcfg: ModelConfig, tcfg, device=None):
+        self.teachers, self.info, self.tcfg = teachers, info, tcfg
+        c5, c8 = next(iter(teachers.values())).feature_channels
+        s3, s5 = (mcfg.stages[i - 1][0] for i in STUDENT_LAYERS)
+        self.ftms = nn.ModuleList([FeatureTranslation(c5, s3, mcfg), FeatureTranslation(c8, s5, mcfg)])
+        if device is not None:
+            self.ftms.to(device)
+        self.optimizer = torch.optim.SGD(self.ftms.parameters(), lr=tcfg.kd_ftm_lr, momentum=tcfg.momentum,
+                                         weight_decay=tcfg.weight_decay, nesterov=tcfg.nesterov)
+        self._sums: dict = {}
+
+    def loss(self, model, x_student, batch: dict, labels: torch.Tensor, **forward_kwargs):
+        """Eq. 32 on one batch: ``(DistillLoss, student logits)``. The teacher runs under
+        ``torch.no_grad()`` on each stream's modality of ``batch`` (dict modality → ``(N, C,
+        T, V, M)``); ``x_student`` is the student's input; ``forward_kwargs`` go to its
+        forward. Adds the batch's terms to the epoch record (:meth:`record`)."""
+        with torch.no_grad():
+            outs = [self.teachers[m](batch[m], return_features=True) for m in STREAMS]
+        t_logits = ensemble_logits([o[0] for o in outs], self.tcfg.kd_alphas)
+        logits, feats = student_features(model, x_student, **forward_kwargs)
+        spikes = [ftm([o[1][d] for o in outs]) for d, ftm in enumerate(self.ftms)]
+        t = self.tcfg
+        terms = total_loss(logits, labels, t_logits, feats, spikes, gamma1=t.kd_gamma1, gamma2=t.kd_gamma2,
+                           gamma3=t.kd_gamma3, beta1=t.kd_beta1, beta2=t.kd_beta2,
+                           temperature=t.kd_temperature)
+        for k in self.TERMS:
+            self._sums[k] = self._sums.get(k, 0.0) + getattr(terms, k).item() * len(labels)
+        return terms, logits
+
+    # -- the training loop's calls, in its order --------------------------------------------
+    def start_epoch(self) -> None:
+        """FTMs to train mode; the epoch's loss sums to zero."""
+        self.ftms.train()
+        self._sums = {}
+
+    def set_lr(self, student_lr: float) -> None:
+        """The FTMs' rate for a step whose student rate is ``student_lr``."""
+        for g in self.optimizer.param_groups:
+            g["lr"] = student_lr * self.tcfg.kd_ftm_lr / self.tcfg.lr
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+    def record(self, clips: int) -> dict:
+        """``{"loss_<term>": mean per clip}`` over the epoch's ``clips`` training clips."""
+        return {f"loss_{k}": self._sums[k] / clips for k in self.TERMS}
+
+    def metrics(self) -> dict:
+        """What the student's metrics keep of this run: the teachers and the settings."""
+        t = self.tcfg
+        return {"teachers": self.info, "distillation": {
+            "alphas": dict(zip(STREAMS, t.kd_alphas)), "temperature": t.kd_temperature,
+            "gamma1": t.kd_gamma1, "gamma2": t.kd_gamma2, "gamma3": t.kd_gamma3,
+            "beta1": t.kd_beta1, "beta2": t.kd_beta2, "ftm_lr": t.kd_ftm_lr}}
+
+    def state_dict(self) -> dict:
+        """Resume state for ``last.pt``: ``ftm_state`` and ``ftm_optimizer``."""
+        return {"ftm_state": {k: v.detach().clone() for k, v in self.ftms.state_dict().items()},
+                "ftm_optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, ckpt: dict, where: str) -> None:
+        """Restore :meth:`state_dict`'s keys from a resume checkpoint ``ckpt`` (read from
+        ``where``); CheckpointError when the FTM weights do not fit."""
+        load_state(self.ftms, ckpt["ftm_state"], f"{where} (FTM)")
+        self.optimizer.load_state_dict(ckpt["ftm_optimizer"])

@@ -7,9 +7,15 @@ scheduler state and is rewritten atomically after every epoch; at the end ``<out
 holds the weights only (the shippable checkpoint).
 
 Issue 4: the four-modality MK-SGN (``model.fusion = "smf"``) trains its MINE estimators with
-their own optimiser and ships with them dropped; ``teachers`` (``mksgn-train --teacher`` × 4)
-switches the loss to the distillation objective of eq. 32 with a second SGD for the FTMs.
-See :func:`train`.
+their own optimiser (:class:`MineTrainer`) and ships with them dropped; ``teachers``
+(``mksgn-train --teacher`` × 4) switches the loss to the distillation objective of eq. 32,
+the FTMs with their own SGD (:class:`mksgn.distill.Distiller`).
+
+:func:`train` is a short loop over the parts of a run: :func:`_settings` (config and
+overrides), :func:`_build` (teachers, data, model, optimisers), :func:`_initialise`
+(``init_from``, ``init_encoders``), :func:`_restore` (``last.pt``), per epoch
+:func:`_train_epoch` (:func:`_step` per batch), :func:`_test_and_record` and
+:func:`_save_last`, and :func:`_save_final` (``model.pt``).
 """
 from __future__ import annotations
 
@@ -28,14 +34,14 @@ from tqdm import tqdm
 
 from .checkpoint import checkpoint_fusion_rule, git_revision, load_checkpoint, load_state, save_checkpoint
 from .data import SkeletonDataset
-from .distill import DEFAULT_ALPHAS
+from .distill import DEFAULT_ALPHAS, Distiller
 from .errors import ConfigError
 from .evaluate import evaluate_logits, load_teachers, model_input, to_device
 from .models import ModelConfig, build_model
 from .models.smf import FUSION_RULES
 from .preprocess import MODALITIES
 
-__all__ = ["TrainConfig", "load_config", "train", "MINE_OPTIMIZERS"]
+__all__ = ["TrainConfig", "load_config", "train", "MineTrainer", "MINE_OPTIMIZERS"]
 
 MINE_OPTIMIZERS = ("adam", "sgd")
 
@@ -363,45 +369,6 @@ def _restore_weights(saved: list) -> None:
             w.copy_(clean)
 
 
-class _Distiller:
-    """The frozen 4-stream teacher and the two FTMs of one distillation run (eq. 25–32).
-
-    ``teachers``: modality → CTR-GCN in eval mode with ``requires_grad`` off (stream order
-    :data:`~mksgn.distill.STREAMS`); ``ftms``: ``ModuleList`` of the FTMs for teacher layer 5
-    → student layer 3 and teacher layer 8 → student layer 5 (eq. 27–28).
-    """
-
-    def __init__(self, teachers: dict, info: list, mcfg: ModelConfig, tcfg: "TrainConfig"):
-        from .distill import STUDENT_LAYERS, FeatureTranslation
-
-        self.teachers, self.info, self.tcfg = teachers, info, tcfg
-        c5, c8 = next(iter(teachers.values())).feature_channels
-        s3, s5 = (mcfg.stages[i - 1][0] for i in STUDENT_LAYERS)
-        self.ftms = torch.nn.ModuleList([FeatureTranslation(c5, s3, mcfg), FeatureTranslation(c8, s5, mcfg)])
-
-    def loss(self, model, x_student, batch: dict, labels: torch.Tensor):
-        """Eq. 32 on one batch: ``(DistillLoss, student logits)``. The teacher runs under
-        ``torch.no_grad()`` on each stream's modality of ``batch``."""
-        from .distill import STREAMS, ensemble_logits, student_features, total_loss
-
-        with torch.no_grad():
-            outs = [self.teachers[m](batch[m], return_features=True) for m in STREAMS]
-        t_logits = ensemble_logits([o[0] for o in outs], self.tcfg.kd_alphas)
-        logits, feats = student_features(model, x_student)
-        spikes = [ftm([o[1][d] for o in outs]) for d, ftm in enumerate(self.ftms)]
-        t = self.tcfg
-        terms = total_loss(logits, labels, t_logits, feats, spikes, gamma1=t.kd_gamma1, gamma2=t.kd_gamma2,
-                           gamma3=t.kd_gamma3, beta1=t.kd_beta1, beta2=t.kd_beta2,
-                           temperature=t.kd_temperature)
-        return terms, logits
-
-
-def _estimator_optimizer(params, tcfg: TrainConfig) -> torch.optim.Optimizer:
-    if tcfg.mine_optimizer == "adam":
-        return torch.optim.Adam(params, lr=tcfg.mine_lr)
-    return torch.optim.SGD(params, lr=tcfg.mine_lr, momentum=tcfg.momentum)
-
-
 def _student_modalities(mcfg: ModelConfig, tcfg: TrainConfig, config_path) -> list:
     """``train.modalities`` checked against the model: all four (in MODALITIES order) for SMF."""
     bad = [m for m in tcfg.modalities if m not in MODALITIES]
@@ -529,6 +496,145 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
         CTR-GCN or does not fit the student's layout/classes, a student that is not MK-SGN;
         resuming a distillation run without its teachers (or the other way round).
     """
+    run = _build(*_settings(config_path, epochs, modality, teachers, device), config_path, data_root,
+                 out_dir, threads, log)
+    _initialise(run)
+    if resume:
+        _restore(run)
+    log(run.summary())
+    t_start = time.time()
+    for epoch in range(run.start, run.tcfg.epochs):
+        rec = _train_epoch(run, epoch)
+        _test_and_record(run, epoch, rec)
+        _save_last(run, epoch + 1)
+    return _save_final(run, t_start)
+
+
+class MineTrainer:
+    """The four-modality MK-SGN's MINE statistics networks in training (eq. 21): their own
+    optimiser, which batches run them, and the epoch's record.
+
+    The statistics networks maximise the DV bounds (``estimator_loss()``, eq. 21) separately
+    from the network's loss; their input spikes are detached, so the network's backward does
+    not reach them. On the batches :meth:`estimates` skips, the SMF fuses with its current
+    running weights.
+
+    Parameters
+    ----------
+    model : SMFMKSGN
+        Built with ``with_estimator=True``.
+    tcfg : TrainConfig
+        ``mine_optimizer`` (``"adam"``; ``"sgd"`` uses ``momentum``, no weight decay),
+        ``mine_lr`` (constant), ``mine_every``, ``smf_weights`` (the rule, recorded).
+
+    Attributes
+    ----------
+    optimizer : the statistics networks' optimiser.
+    parents : dict modality → :func:`parent_summary` of ``train.init_encoders``, or None.
+    """
+
+    def __init__(self, model, tcfg: TrainConfig):
+        self.model, self.every, self.rule = model, tcfg.mine_every, tcfg.smf_weights
+        params = model.estimator_parameters()
+        if tcfg.mine_optimizer == "adam":
+            self.optimizer = torch.optim.Adam(params, lr=tcfg.mine_lr)
+        else:
+            self.optimizer = torch.optim.SGD(params, lr=tcfg.mine_lr, momentum=tcfg.momentum)
+        self.parents = None
+        self.start_epoch()
+
+    def estimates(self, batch_index: int) -> bool:
+        """True on the batches of an epoch the estimators run on: 0, k, 2k, … (k = ``mine_every``)."""
+        return batch_index % self.every == 0
+
+    def start_epoch(self) -> None:
+        """The epoch's sums to zero."""
+        self._loss_sum, self._mi_sum, self._mi_batches, self._clips = 0.0, None, 0, 0
+
+    def backward(self, clips: int) -> None:
+        """On an estimated batch of ``clips`` clips, after the network's forward: the
+        estimators' loss (−mean of the six bounds of that forward) and its gradient; the
+        batch's loss and MI matrix join the epoch's record."""
+        est_loss = self.model.estimator_loss()
+        self.optimizer.zero_grad(set_to_none=True)
+        est_loss.backward()
+        self._loss_sum += est_loss.item() * clips
+        mi = self.model.sc.last_mi.detach()
+        self._mi_sum = mi if self._mi_sum is None else self._mi_sum + mi
+        self._mi_batches += 1
+        self._clips += clips
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+    def record(self) -> dict:
+        """The epoch's ``estimator_loss`` (mean per clip over the estimated batches), ``mi``
+        (mean 4×4 MI lower-bound matrix, nats, :data:`~mksgn.preprocess.MODALITIES` order)
+        and ``fusion_weight`` (modality → weight at the end of the epoch)."""
+        return {"estimator_loss": self._loss_sum / self._clips, "mi": (self._mi_sum / self._mi_batches).tolist(),
+                "fusion_weight": dict(zip(MODALITIES, self.model.fusion_weight.tolist()))}
+
+    def metrics(self, final: bool = False) -> dict:
+        """What the checkpoint's metrics keep: the modality order, the fusion rule, the
+        encoders' parents, and (``final``, after ``drop_estimator``) the frozen weights."""
+        out = {"fusion_modalities": list(MODALITIES), "fusion_rule": self.rule}
+        if self.parents:
+            out["init_encoders"] = self.parents
+        if final:
+            out["fusion_weight"] = dict(zip(MODALITIES, self.model.fusion_weight.tolist()))
+        return out
+
+    def state_dict(self) -> dict:
+        """Resume state for ``last.pt``: ``estimator_optimizer``."""
+        return {"estimator_optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, ckpt: dict) -> None:
+        self.optimizer.load_state_dict(ckpt["estimator_optimizer"])
+
+
+@dataclass
+class _Run:
+    """What the parts of one training run share (built by :func:`_build`)."""
+
+    mcfg: ModelConfig
+    tcfg: TrainConfig
+    config_path: str | Path
+    out_dir: Path
+    log: object
+    dev: torch.device
+    student_mods: list
+    train_set: SkeletonDataset
+    test_set: SkeletonDataset
+    model: torch.nn.Module
+    net_params: list
+    opt: torch.optim.Optimizer
+    mine: MineTrainer | None = None
+    kd: Distiller | None = None
+    gen: torch.Generator = None
+    start: int = 0
+    history: list = field(default_factory=list)
+    parent: dict | None = None
+
+    def summary(self) -> str:
+        return (f"{self.mcfg.arch}{' + SMF' if self.mine else ''}: {self.n_params:,} parameters; "
+                f"{len(self.train_set)} training / {len(self.test_set)} test clips"
+                + (f"; distilling from {len(self.kd.teachers)} CTR-GCN streams" if self.kd else ""))
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.net_params)
+
+    def metrics(self, **final) -> dict:
+        """The checkpoint's metrics: history, parameter count, ``final`` (model.pt's totals),
+        the SMF's and distillation's records, the ``init_from`` parent."""
+        return {"history": self.history, "params": self.n_params, **final,
+                **(self.mine.metrics(final=bool(final)) if self.mine else {}),
+                **(self.kd.metrics() if self.kd else {}),
+                **({"init_from": self.parent} if self.parent else {})}
+
+
+def _settings(config_path, epochs, modality, teachers, device) -> tuple[ModelConfig, TrainConfig, torch.device]:
+    """The config file with :func:`train`'s overrides applied and checked, and the device."""
     mcfg, tcfg = load_config(config_path)
     if epochs is not None:
         tcfg.epochs = epochs
@@ -545,20 +651,25 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {tcfg.device!r} requested but this torch ({torch.__version__}) sees no CUDA "
                           "GPU (torch.cuda.is_available() is False); use --device cpu")
-    student_mods = _student_modalities(mcfg, tcfg, config_path)
-    tcfg.modalities = list(student_mods)
+    tcfg.modalities = _student_modalities(mcfg, tcfg, config_path)
+    if tcfg.teachers and mcfg.arch != "mksgn":
+        raise ConfigError(f"{config_path}: distillation (--teacher) needs an MK-SGN student (model.arch "
+                          f"'mksgn': its layers 3 and 5 match teacher layers 5 and 8), got {mcfg.arch!r}")
+    return mcfg, tcfg, dev
+
+
+def _build(mcfg: ModelConfig, tcfg: TrainConfig, dev: torch.device, config_path, data_root, out_dir, threads,
+           log) -> _Run:
+    """Teachers, data, model and optimisers, in the order that fixes the random draws
+    (teachers before the seed; model, then FTMs after it)."""
     smf = mcfg.fusion == "smf"
     if threads:
         torch.set_num_threads(threads)
-    out_dir = Path(out_dir)
-    kd = None
     if tcfg.teachers:
-        if mcfg.arch != "mksgn":
-            raise ConfigError(f"{config_path}: distillation (--teacher) needs an MK-SGN student (model.arch "
-                              f"'mksgn': its layers 3 and 5 match teacher layers 5 and 8), got {mcfg.arch!r}")
         t_models, t_info = load_teachers(tcfg.teachers, mcfg.layout, mcfg.num_classes)
         t_models = {m: t.to(dev) for m, t in t_models.items()}
     seed_everything(tcfg.seed)
+    student_mods = list(tcfg.modalities)
     data_mods = list(MODALITIES) if tcfg.teachers else student_mods
     train_set = SkeletonDataset(data_root, "train", data_mods, tcfg.protocol, seed=tcfg.seed, progress=True)
     test_set = SkeletonDataset(data_root, "test", student_mods, tcfg.protocol, progress=True)
@@ -572,170 +683,174 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
     net_params = [p for p in (model.network_parameters() if smf else model.parameters()) if p.requires_grad]
     opt = torch.optim.SGD(net_params, lr=tcfg.lr, momentum=tcfg.momentum,
                           weight_decay=tcfg.weight_decay, nesterov=tcfg.nesterov)
-    est_opt = _estimator_optimizer(model.estimator_parameters(), tcfg) if smf else None
-    ftm_opt = None
-    if tcfg.teachers:
-        kd = _Distiller(t_models, t_info, mcfg, tcfg)
-        kd.ftms.to(dev)
-        ftm_opt = torch.optim.SGD(kd.ftms.parameters(), lr=tcfg.kd_ftm_lr, momentum=tcfg.momentum,
-                                  weight_decay=tcfg.weight_decay, nesterov=tcfg.nesterov)
-    start, history = 0, []
-    last = out_dir / "last.pt"
-    parent, fusion_parents = None, None
+    return _Run(mcfg, tcfg, config_path, Path(out_dir), log, dev, student_mods, train_set, test_set, model,
+                net_params, opt, mine=MineTrainer(model, tcfg) if smf else None,
+                kd=Distiller(t_models, t_info, mcfg, tcfg, dev) if tcfg.teachers else None,
+                gen=torch.Generator().manual_seed(tcfg.seed))
+
+
+def _initialise(run: _Run) -> None:
+    """``train.init_from`` (a single-modality parent of an SMF student fills all four
+    encoders), ``init_encoders``, ``smf_init_weight``."""
+    tcfg, model, smf = run.tcfg, run.model, run.mine is not None
     if tcfg.init_from:
         init = load_checkpoint(tcfg.init_from)
         init_sd = init["state_dict"]
         if smf and init.get("config", {}).get("model", {}).get("fusion", "none") == "none":
             init_sd = smf_state_from_single(init_sd, (init.get("data", {}).get("modalities") or ["joint"])[0])
-            log(f"{tcfg.init_from} is a single-modality MK-SGN: its spiking coding initialises all "
-                "four SMF encoders, its layers and head the student's")
+            run.log(f"{tcfg.init_from} is a single-modality MK-SGN: its spiking coding initialises all "
+                    "four SMF encoders, its layers and head the student's")
         load_state(model, init_sd, tcfg.init_from,
                    optional_prefixes=("sc.estimators.", "sc.fusion_weight") if smf else ())
-        parent = parent_summary(init, tcfg.init_from)
-        log(f"initialised from {tcfg.init_from}")
+        run.parent = parent_summary(init, tcfg.init_from)
+        run.log(f"initialised from {tcfg.init_from}")
     if (tcfg.init_encoders or tcfg.smf_init_weight) and not smf:
-        raise ConfigError(f"{config_path}: train.init_encoders / smf_init_weight need the four-modality "
+        raise ConfigError(f"{run.config_path}: train.init_encoders / smf_init_weight need the four-modality "
                           "model (model.fusion 'smf')")
     if tcfg.init_encoders:
-        fusion_parents = load_encoders(model, tcfg.init_encoders, log)
+        run.mine.parents = load_encoders(model, tcfg.init_encoders, run.log)
     if tcfg.smf_init_weight:
         with torch.no_grad():
             model.sc.fusion_weight.copy_(torch.tensor(tcfg.smf_init_weight))
-    if resume and last.exists():
-        ckpt = load_checkpoint(last)
-        if ("ftm_state" in ckpt) != (kd is not None):
-            raise ConfigError(f"{last}: " + ("is a distillation run; resume it with the same --teacher "
-                                             "checkpoints" if "ftm_state" in ckpt else
-                                             "is not a distillation run; use --no-resume or another --out "
-                                             "to distil"))
-        if smf and checkpoint_fusion_rule(ckpt) != tcfg.smf_weights:
-            raise ConfigError(f"{last}: was trained with fusion rule train.smf_weights "
-                              f"{checkpoint_fusion_rule(ckpt)!r}, the config says {tcfg.smf_weights!r}; "
-                              "resume with the same rule, or use --no-resume / another --out")
-        load_state(model, ckpt["state_dict"], last)
-        opt.load_state_dict(ckpt["optimizer"])
-        if est_opt is not None:
-            est_opt.load_state_dict(ckpt["estimator_optimizer"])
-        if kd is not None:
-            load_state(kd.ftms, ckpt["ftm_state"], f"{last} (FTM)")
-            ftm_opt.load_state_dict(ckpt["ftm_optimizer"])
-        start, history = ckpt["epoch"], list(ckpt["metrics"].get("history", []))
-        log(f"resuming from {last} at epoch {start}")
-    n_params = sum(p.numel() for p in net_params)
-    log(f"{mcfg.arch}{' + SMF' if smf else ''}: {n_params:,} parameters; {len(train_set)} training / "
-        f"{len(test_set)} test clips" + (f"; distilling from {len(kd.teachers)} CTR-GCN streams" if kd else ""))
-    fusion_info = {"fusion_modalities": list(MODALITIES), "fusion_rule": tcfg.smf_weights} if smf else {}
-    if fusion_parents:
-        fusion_info["init_encoders"] = fusion_parents
-    kd_info = {}
+
+
+def _restore(run: _Run) -> None:
+    """Continue from ``out_dir/last.pt`` when it exists: model, optimisers, FTMs, history.
+    Refuses a distillation run without its teachers (or the other way round) and another
+    fusion rule."""
+    last = run.out_dir / "last.pt"
+    if not last.exists():
+        return
+    ckpt = load_checkpoint(last)
+    if ("ftm_state" in ckpt) != (run.kd is not None):
+        raise ConfigError(f"{last}: " + ("is a distillation run; resume it with the same --teacher "
+                                         "checkpoints" if "ftm_state" in ckpt else
+                                         "is not a distillation run; use --no-resume or another --out "
+                                         "to distil"))
+    if run.mine is not None and checkpoint_fusion_rule(ckpt) != run.tcfg.smf_weights:
+        raise ConfigError(f"{last}: was trained with fusion rule train.smf_weights "
+                          f"{checkpoint_fusion_rule(ckpt)!r}, the config says {run.tcfg.smf_weights!r}; "
+                          "resume with the same rule, or use --no-resume / another --out")
+    load_state(run.model, ckpt["state_dict"], last)
+    run.opt.load_state_dict(ckpt["optimizer"])
+    if run.mine is not None:
+        run.mine.load_state_dict(ckpt)
+    if run.kd is not None:
+        run.kd.load_state_dict(ckpt, str(last))
+    run.start, run.history = ckpt["epoch"], list(ckpt["metrics"].get("history", []))
+    run.log(f"resuming from {last} at epoch {run.start}")
+
+
+def _train_epoch(run: _Run, epoch: int) -> dict:
+    """One pass over the training set; returns the epoch's history record (no test top-1)."""
+    tcfg = run.tcfg
+    run.train_set.set_epoch(epoch)
+    # per-epoch seeds (shuffle, dropout, MINE's frame permutations): a resumed run equals an
+    # uninterrupted one
+    run.gen.manual_seed(tcfg.seed * 1000 + epoch)
+    torch.manual_seed(tcfg.seed * 1000 + epoch)
+    loader = DataLoader(run.train_set, batch_size=tcfg.batch_size, shuffle=True, generator=run.gen,
+                        drop_last=True)
+    run.model.train()
+    for part in (run.kd, run.mine):
+        if part is not None:
+            part.start_epoch()
+    seen = correct = 0
+    loss_sum = 0.0
+    t0 = time.time()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tcfg.epochs}", unit="batch", leave=False)
+    for i, (x, y) in enumerate(bar):
+        lr = tcfg.lr_at(epoch + i / len(loader))
+        loss, logits, y = _step(run, epoch, i, lr, x, y)
+        seen += len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        loss_sum += loss.item() * len(y)
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}%",
+                        sps=f"{seen / (time.time() - t0):.1f}", lr=f"{lr:.3g}")
+    rec = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": 100 * correct / seen,
+           "seconds": time.time() - t0, "samples_per_s": seen / (time.time() - t0)}
+    if run.kd is not None:
+        rec.update(run.kd.record(seen))
+    if run.mine is not None:
+        rec.update(run.mine.record())
+    return rec
+
+
+def _step(run: _Run, epoch: int, i: int, lr: float, x, y):
+    """One optimisation step on batch ``i`` (``x``: dict modality → ``(N, C, T, V, M)``, ``y``
+    labels ``(N,)``) at learning rate ``lr``: the network's loss (cross-entropy, or eq. 32
+    when distilling) at noise-perturbed weights, its gradient applied to the clean weights;
+    the FTMs and (on estimated batches) the MINE estimators step with their own optimisers.
+    Returns ``(loss, logits, y on the device)``; ConfigError when the loss is not finite."""
+    model, kd, mine = run.model, run.kd, run.mine
+    for g in run.opt.param_groups:
+        g["lr"] = lr
     if kd is not None:
-        kd_info = {"teachers": kd.info, "distillation": {
-            "alphas": dict(zip(MODALITIES, tcfg.kd_alphas)), "temperature": tcfg.kd_temperature,
-            "gamma1": tcfg.kd_gamma1, "gamma2": tcfg.kd_gamma2, "gamma3": tcfg.kd_gamma3,
-            "beta1": tcfg.kd_beta1, "beta2": tcfg.kd_beta2, "ftm_lr": tcfg.kd_ftm_lr}}
-    gen = torch.Generator().manual_seed(tcfg.seed)
-    t_start = time.time()
-    for epoch in range(start, tcfg.epochs):
-        train_set.set_epoch(epoch)
-        # per-epoch seeds (shuffle, dropout, MINE's frame permutations): a resumed run equals an
-        # uninterrupted one
-        gen.manual_seed(tcfg.seed * 1000 + epoch)
-        torch.manual_seed(tcfg.seed * 1000 + epoch)
-        loader = DataLoader(train_set, batch_size=tcfg.batch_size, shuffle=True, generator=gen,
-                            drop_last=True)
-        model.train()
-        if kd is not None:
-            kd.ftms.train()
-        seen = correct = 0
-        loss_sum = 0.0
-        sums = {}
-        mi_sum, mi_n, est_seen = None, 0, 0
-        t0 = time.time()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tcfg.epochs}", unit="batch", leave=False)
-        for i, (x, y) in enumerate(bar):
-            lr = tcfg.lr_at(epoch + i / len(loader))
-            for g in opt.param_groups:
-                g["lr"] = lr
-            if ftm_opt is not None:
-                for g in ftm_opt.param_groups:
-                    g["lr"] = lr * tcfg.kd_ftm_lr / tcfg.lr
-            estimate = smf and i % tcfg.mine_every == 0
-            if smf:  # SMF.forward runs the estimators only on these batches
-                model.sc.estimate = estimate
-            clean = _perturb_weights(model, tcfg.weight_noise, model.sc.estimators if smf else None)
-            x, y = to_device(x, dev), y.to(dev)
-            x_in = model_input(x, student_mods, mcfg.fusion)
-            if kd is not None:
-                terms, logits = kd.loss(model, x_in, x, y)
-                loss = terms.total
-                for k in ("hard", "soft", "feature", "feature_1", "feature_2"):
-                    sums[k] = sums.get(k, 0.0) + getattr(terms, k).item() * len(y)
-            else:
-                logits = model(x_in)
-                loss = F.cross_entropy(logits, y)
-            if not torch.isfinite(loss):
-                raise ConfigError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); "
-                                  "lower train.lr")
-            opt.zero_grad(set_to_none=True)
-            if ftm_opt is not None:
-                ftm_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if estimate:  # the statistics networks: their own loss and optimiser (spikes were detached)
-                est_loss = model.estimator_loss()
-                est_opt.zero_grad(set_to_none=True)
-                est_loss.backward()
-                sums["estimator"] = sums.get("estimator", 0.0) + est_loss.item() * len(y)
-                mi = model.sc.last_mi.detach()
-                mi_sum, mi_n = (mi if mi_sum is None else mi_sum + mi), mi_n + 1
-                est_seen += len(y)
-            _restore_weights(clean)
-            opt.step()
-            if ftm_opt is not None:
-                ftm_opt.step()
-            if estimate:
-                est_opt.step()
-            seen += len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            loss_sum += loss.item() * len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}%",
-                            sps=f"{seen / (time.time() - t0):.1f}", lr=f"{lr:.3g}")
-        rec = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": 100 * correct / seen,
-               "seconds": time.time() - t0, "samples_per_s": seen / (time.time() - t0)}
-        if kd is not None:
-            rec.update({f"loss_{k}": sums[k] / seen for k in ("hard", "soft", "feature", "feature_1", "feature_2")})
-        if smf:
-            rec["estimator_loss"] = sums["estimator"] / est_seen  # over the estimated batches
-            rec["mi"] = (mi_sum / mi_n).tolist()
-            rec["fusion_weight"] = dict(zip(MODALITIES, model.fusion_weight.tolist()))
-        if (epoch + 1) % tcfg.eval_every == 0 or epoch + 1 == tcfg.epochs:
-            logits, labels = evaluate_logits(model, test_set, desc="test")
-            rec["test_top1"] = 100 * (logits.argmax(1) == labels).float().mean().item()
-        history.append(rec)
-        log(f"epoch {epoch + 1:3d}/{tcfg.epochs}  loss {rec['train_loss']:.3f}  train {rec['train_top1']:.1f}%  "
+        kd.set_lr(lr)
+    estimate = mine is not None and mine.estimates(i)
+    forward = {"estimate": estimate} if mine is not None else {}  # SMF: run the estimators on this batch?
+    clean = _perturb_weights(model, run.tcfg.weight_noise, model.sc.estimators if mine is not None else None)
+    x, y = to_device(x, run.dev), y.to(run.dev)
+    x_in = model_input(x, run.student_mods, run.mcfg.fusion)
+    if kd is not None:
+        terms, logits = kd.loss(model, x_in, x, y, **forward)
+        loss = terms.total
+    else:
+        logits = model(x_in, **forward)
+        loss = F.cross_entropy(logits, y)
+    if not torch.isfinite(loss):
+        raise ConfigError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); lower train.lr")
+    run.opt.zero_grad(set_to_none=True)
+    if kd is not None:
+        kd.zero_grad()
+    loss.backward()
+    if estimate:
+        mine.backward(len(y))
+    _restore_weights(clean)
+    run.opt.step()
+    if kd is not None:
+        kd.step()
+    if estimate:
+        mine.step()
+    return loss, logits, y
+
+
+def _test_and_record(run: _Run, epoch: int, rec: dict) -> None:
+    """Test top-1 every ``eval_every`` epochs and at the last; the record joins the history
+    and the log."""
+    tcfg = run.tcfg
+    if (epoch + 1) % tcfg.eval_every == 0 or epoch + 1 == tcfg.epochs:
+        logits, labels = evaluate_logits(run.model, run.test_set, desc="test")
+        rec["test_top1"] = 100 * (logits.argmax(1) == labels).float().mean().item()
+    run.history.append(rec)
+    run.log(f"epoch {epoch + 1:3d}/{tcfg.epochs}  loss {rec['train_loss']:.3f}  train {rec['train_top1']:.1f}%  "
             + (f"test {rec['test_top1']:.1f}%  " if "test_top1" in rec else "")
             + f"{rec['seconds']:.0f}s ({rec['samples_per_s']:.1f} samples/s)"
-            + ("  fusion w " + " ".join(f"{w:.3f}" for w in rec["fusion_weight"].values()) if smf else ""))
-        metrics = {"history": history, "params": n_params, **fusion_info, **kd_info,
-                   **({"init_from": parent} if parent else {})}
-        extra = {}
-        if est_opt is not None:
-            extra["estimator_optimizer"] = est_opt.state_dict()
-        if kd is not None:
-            extra["ftm_state"] = {k: v.detach().clone() for k, v in kd.ftms.state_dict().items()}
-            extra["ftm_optimizer"] = ftm_opt.state_dict()
-        save_checkpoint(last, _payload(model, mcfg, tcfg, train_set, epoch + 1, metrics, opt,
-                                       student_mods, extra))
-        (out_dir / "history.json").write_text(json.dumps(history, indent=1))
-    final = history[-1] if history else {}
-    if smf:
-        model.drop_estimator()  # the shipped model: frozen fusion weights, no estimator parameters
-        fusion_info["fusion_weight"] = dict(zip(MODALITIES, model.fusion_weight.tolist()))
-    metrics = {"history": history, "params": n_params, "test_top1": final.get("test_top1"),
-               "epochs": tcfg.epochs,
-               "train_seconds": sum(h["seconds"] for h in history),
-               "wall_seconds_this_run": time.time() - t_start, **fusion_info, **kd_info,
-               **({"init_from": parent} if parent else {})}
-    save_checkpoint(out_dir / "model.pt", _payload(model, mcfg, tcfg, train_set, tcfg.epochs, metrics,
-                                                   modalities=student_mods))
-    log(f"wrote {out_dir / 'model.pt'} (test top-1 {final.get('test_top1', float('nan')):.2f}%)")
+            + ("  fusion w " + " ".join(f"{w:.3f}" for w in rec["fusion_weight"].values()) if run.mine else ""))
+
+
+def _save_last(run: _Run, epochs_done: int) -> None:
+    """``last.pt`` (model, optimisers, FTMs: resumable) and ``history.json``."""
+    extra = {}
+    for part in (run.mine, run.kd):
+        if part is not None:
+            extra.update(part.state_dict())
+    save_checkpoint(run.out_dir / "last.pt", _payload(run.model, run.mcfg, run.tcfg, run.train_set, epochs_done,
+                                                      run.metrics(), run.opt, run.student_mods, extra))
+    (run.out_dir / "history.json").write_text(json.dumps(run.history, indent=1))
+
+
+def _save_final(run: _Run, t_start: float) -> dict:
+    """``model.pt``: the weights only (an SMF model without its estimators), with the final
+    metrics; returns them."""
+    final = run.history[-1] if run.history else {}
+    if run.mine is not None:
+        run.model.drop_estimator()  # the shipped model: frozen fusion weights, no estimator parameters
+    metrics = run.metrics(test_top1=final.get("test_top1"), epochs=run.tcfg.epochs,
+                          train_seconds=sum(h["seconds"] for h in run.history),
+                          wall_seconds_this_run=time.time() - t_start)
+    out = run.out_dir / "model.pt"
+    save_checkpoint(out, _payload(run.model, run.mcfg, run.tcfg, run.train_set, run.tcfg.epochs, metrics,
+                                  modalities=run.student_mods))
+    run.log(f"wrote {out} (test top-1 {final.get('test_top1', float('nan')):.2f}%)")
     return metrics

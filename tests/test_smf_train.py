@@ -12,12 +12,13 @@ import torch
 
 from mksgn.analysis import analyse
 from mksgn.checkpoint import load_checkpoint, save_checkpoint
+from mksgn.distill import Distiller
 from mksgn.errors import ConfigError
 from mksgn.evaluate import evaluate_ensemble, load_model, load_teachers
 from mksgn.models import MKSGN, ModelConfig, SMFMKSGN, build_model
 from mksgn.models.smf import _weights_defined, fusion_weights
 from mksgn.preprocess import MODALITIES
-from mksgn.train import _Distiller, load_config, train
+from mksgn.train import load_config, train
 
 WIDTH = 0.125
 SMF_MODEL = {"arch": "mksgn", "layout": "ucla20", "num_classes": 10, "width": WIDTH, "temporal_kernel": 3,
@@ -309,7 +310,7 @@ def test_one_distillation_step_of_the_smf_student_reduces_eq_32(small_ucla, teac
     torch.manual_seed(4)
     student = build_model(mcfg)  # frozen fusion weights (no estimator): the loss moves only by the step
     student.sc.fusion_weight.copy_(torch.tensor([1.0, 0.6, 0.3, 0.8]))
-    kd = _Distiller(t_models, t_info, mcfg, tcfg)
+    kd = Distiller(t_models, t_info, mcfg, tcfg)
     opt_s = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     opt_f = torch.optim.SGD(kd.ftms.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     student.train(), kd.ftms.train()

@@ -345,8 +345,8 @@ class SMF(nn.Module):
 
     ``fused = Σ_m fusion_weight[m] · s[m]``                                   (eq. 24)
 
-    **Training mode** with the estimators (and the attribute ``estimate`` True, the default;
-    the trainer clears it on the batches ``train.mine_every`` skips): each forward computes
+    **Training mode** with the estimators (and ``forward(x, estimate=True)``, the default;
+    the trainer passes False on the batches ``train.mine_every`` skips): each forward computes
     the MI matrix of the batch
     (:func:`mi_matrix` on the *detached* spikes, so gradients reach the statistics networks
     only), the batch weights ``W_batch = fusion_weights(max(MI, 0), rule)`` (eq. 22, and
@@ -418,7 +418,6 @@ class SMF(nn.Module):
         self.register_buffer("fusion_weight", torch.ones(len(MODALITIES)))
         self._last_mi = None
         self.last_batch_weights = None
-        self.estimate = True  # training with estimators: run them on this forward (train.mine_every)
 
     # -- pieces -------------------------------------------------------------------------
     def encode(self, x: Mapping) -> dict:
@@ -470,15 +469,18 @@ class SMF(nn.Module):
         self.last_batch_weights = w_batch
         return w_batch
 
-    def forward(self, x: Mapping) -> torch.Tensor:
-        """Encode, (training with estimators: estimate MI, update ``fusion_weight``), fuse.
+    def forward(self, x: Mapping, estimate: bool = True) -> torch.Tensor:
+        """Encode, (training with estimators and ``estimate``: estimate MI, update
+        ``fusion_weight``), fuse.
 
         ``x``: dict modality → ``(N, C, T, V, M)``; returns ``(T_s·N·M, C', T, V)`` (eq. 24).
+        ``estimate=False`` skips the estimators on this batch (``train.mine_every``): the
+        fusion uses the current running weights and :attr:`last_mi` is None.
         Raises ConfigError for bad input (see the class docstring).
         """
         spikes = self.encode(x)
         self._last_mi = None
-        if self.training and self.estimators is not None and self.estimate:
+        if self.training and self.estimators is not None and estimate:
             self._last_mi = mi_matrix(self.estimators, {m: s.detach() for m, s in spikes.items()})
             self.update_fusion_weight(self._last_mi)
         return self.fuse(spikes)
@@ -591,8 +593,10 @@ class SMFMKSGN(nn.Module):
         self.layers = mksgn_layers(cfg)
         self.head = Head(cfg.stages[-1][0], cfg, layout.max_bodies)
 
-    def forward(self, x: Mapping) -> torch.Tensor:
-        h = self.sc(x)
+    def forward(self, x: Mapping, estimate: bool = True) -> torch.Tensor:
+        """Logits ``(N, num_classes)``; ``estimate``: run the MINE estimators on this training
+        batch (:meth:`SMF.forward`)."""
+        h = self.sc(x, estimate)
         for layer in self.layers:
             h = layer(h)
         return self.head(h)
