@@ -19,6 +19,9 @@ only; everything that computes the network is a stock lava-nc process (see
   ``signed_clamp`` 24-bit wrap; ``tests/test_lava_mapping.py`` checks it against the stock
   model bit for bit (binary and graded inputs, strides, padding, 1×1 and k×1 kernels, the
   wrap). It is selected with ``Loihi2SimCfg(exception_proc_model_map={Conv: ...})``.
+* :func:`open_trace` and :data:`PROBE_FILES` — the memory-mapped trace files (spikes int8,
+  u and v int32) that the one recording process (:func:`hw_sim.probes.multi_probe`) writes
+  and the host reads.
 
 This module imports numpy and lava only (every Lava process is its own OS process; heavy
 imports here would be paid by each of them).
