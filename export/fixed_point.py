@@ -87,7 +87,7 @@ __all__ = [
     "BIAS_MANT_BITS", "BIAS_MANT_MIN", "BIAS_MANT_MAX", "BIAS_EXP_BITS", "BIAS_EXP_MAX",
     "WEIGHT_EXP_MIN", "WEIGHT_EXP_MAX", "CONV_OUT_BITS", "MAX_DELAY",
     "MIXED", "EXCITATORY", "INHIBITORY",
-    "shift_left", "shift_right_floor", "shift_by_exp", "shift_exp", "wrap_signed", "wrap_int32",
+    "shift_left", "shift_right_floor", "shift_exp", "wrap_signed", "wrap_int32",
     "decay", "wrap_u", "clip_v", "effective_bias", "effective_threshold",
     "lif_step", "lif_step_torch", "lif_run",
     "sign_mode_of", "clip_weights", "truncate_weights", "weight_grid", "dense_act",
@@ -241,7 +241,7 @@ def shift_right_floor(x, n):
     return x >> n
 
 
-def shift_by_exp(x, e):
+def shift_exp(x, e):
     """``x << e`` if ``e >= 0`` else ``x >> -e`` (floor), elementwise.
 
     Reproduces ``AbstractPyLifModelFixed.scale_bias`` (``np.where(bias_exp >= 0,
@@ -253,6 +253,9 @@ def shift_by_exp(x, e):
     x : int array/tensor
     e : int or int array/tensor (broadcast against ``x``)
 
+    Float tensors holding integers (e.g. float64 synaptic sums) are accepted and converted
+    to int64 first.
+
     Returns
     -------
     int64 array/tensor
@@ -263,15 +266,6 @@ def shift_by_exp(x, e):
     el = _where(pos, e, e * 0)
     er = _where(pos, e * 0, -e)
     return _where(pos, x << el, x >> er)
-
-
-def shift_exp(x, e):
-    """Alias of :func:`shift_by_exp` (``x << e`` if ``e >= 0`` else ``x >> -e``, floor).
-
-    Float tensors holding integers (e.g. float64 synaptic sums) are accepted and converted
-    to int64 first; the result is int64.
-    """
-    return shift_by_exp(x, e)
 
 
 def wrap_signed(x, bits: int):
@@ -406,7 +400,7 @@ def effective_bias(bias_mant, bias_exp):
     -------
     int64 array/tensor
     """
-    return shift_by_exp(bias_mant, bias_exp)
+    return shift_exp(bias_mant, bias_exp)
 
 
 def effective_threshold(vth_mant):
@@ -702,7 +696,7 @@ def dense_act(spikes, w, weight_exp: int = 0, num_weight_bits: Optional[int] = W
         acc = torch.round(s.to(torch.float64) @ w.to(torch.float64).T).to(torch.int64)
     else:
         acc = s @ w.T
-    return wrap_int32(shift_by_exp(acc, int(weight_exp)))
+    return wrap_int32(shift_exp(acc, int(weight_exp)))
 
 
 def conv_wrap(x):

@@ -15,7 +15,7 @@ import torch
 
 from export.ir import INPUT, Graph
 from export.twin import run_graph
-from mksgn.energy import DEFAULT_45NM, EnergyModel
+from mksgn.energy import DEFAULT_45NM, MJ_PER_PJ, EnergyModel, synaptic_ops
 
 from .errors import SimError
 from .events import dense_flops, lava_events, twin_events
@@ -23,7 +23,6 @@ from .network import LAVA_OFFSET, LavaNetwork, build_network, host_macs, input_c
 
 __all__ = ["Mismatch", "ReplayResult", "replay", "compare_clip"]
 
-_PJ_TO_MJ = 1e-9
 VARS = ("u", "v", "spikes")  # causal order within a step: current, then voltage, then spike
 
 
@@ -174,17 +173,17 @@ class ReplayResult:
             r["flops"] += self.flops[s.name]
             if s.sources == (INPUT,):
                 r["host_macs"] += self.host_macs
-                r["energy_pj_measured"] += energy.e_mac_pj * self.host_macs
-                r["energy_pj_analytic"] += energy.e_mac_pj * self.flops[s.name]
+                r["energy_pj_measured"] += energy.mac_pj(self.host_macs)
+                r["energy_pj_analytic"] += energy.mac_pj(self.flops[s.name])
                 continue
             rate = float(np.mean([fr[u] for u in s.sources]))
-            sops = rate * T * self.flops[s.name]  # eq. 33
+            sops = synaptic_ops(rate, T, self.flops[s.name])
             ev = self.events_lava[s.name] / self.clips
             r["synaptic_events"] += ev
             r["twin_synaptic_events"] += self.events_twin[s.name] / self.clips
             r["analytic_sops"] += sops
-            r["energy_pj_measured"] += energy.e_ac_pj * ev
-            r["energy_pj_analytic"] += energy.e_ac_pj * sops
+            r["energy_pj_measured"] += energy.ac_pj(ev)
+            r["energy_pj_analytic"] += energy.ac_pj(sops)
         out = list(rows.values())
         for r in out:
             r["firing_rate"] = r["spikes"] / (r["neurons"] * T) if r["neurons"] else 0.0
@@ -193,8 +192,8 @@ class ReplayResult:
 
     def to_dict(self, energy: EnergyModel = DEFAULT_45NM) -> dict:
         layers = self.layers(energy)
-        e_meas = sum(r["energy_pj_measured"] for r in layers) * _PJ_TO_MJ
-        e_ana = sum(r["energy_pj_analytic"] for r in layers) * _PJ_TO_MJ
+        e_meas = sum(r["energy_pj_measured"] for r in layers) * MJ_PER_PJ
+        e_ana = sum(r["energy_pj_analytic"] for r in layers) * MJ_PER_PJ
         return {
             "clips": self.clips,
             "bit_exact": bool(self.bit_exact),

@@ -34,14 +34,13 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .energy import DEFAULT_45NM, EnergyModel
+from .energy import DEFAULT_45NM, MJ_PER_PJ, EnergyModel, synaptic_ops
 from .errors import MksgnError
 from .models.smf import SMF
 from .neuron import LIF
 
 __all__ = ["NeuronStat", "OpStat", "AnalysisReport", "analyse"]
 
-_PJ_TO_MJ = 1e-9
 
 
 @dataclass
@@ -277,11 +276,11 @@ def analyse(model: nn.Module, batches: Iterable, time_steps: int,
         is_real = real(name.rsplit(".", 1)[0] if name not in modules else name)
         flops = macs / (clips * (1 if is_real else time_steps))
         fr_in = None if is_real else in_sum / in_count  # real-valued input: no spike rate
-        sops = 0.0 if is_real else fr_in * time_steps * flops  # eq. 33
-        e_pj = energy.e_mac_pj * flops if is_real else energy.e_ac_pj * sops  # eq. 36 / 37
-        report.ops.append(OpStat(name, op_meta[name], flops, fr_in, sops, is_real, e_pj * _PJ_TO_MJ))
+        sops = 0.0 if is_real else synaptic_ops(fr_in, time_steps, flops)
+        e_pj = energy.mac_pj(flops) if is_real else energy.ac_pj(sops)
+        report.ops.append(OpStat(name, op_meta[name], flops, fr_in, sops, is_real, e_pj * MJ_PER_PJ))
     report.mac_flops = sum(o.flops for o in report.ops if o.real_input)
     report.total_flops = sum(o.flops for o in report.ops)
     report.total_sops = sum(o.sops for o in report.ops)
-    report.energy_mj = energy.energy_pj(report.mac_flops, report.total_sops) * _PJ_TO_MJ
+    report.energy_mj = energy.energy_pj(report.mac_flops, report.total_sops) * MJ_PER_PJ
     return report

@@ -37,13 +37,10 @@ from .models.config import ModelConfig
 from .models.mksgn import SpikingCoding
 from .preprocess import MODALITIES
 
-__all__ = ["STREAMS", "DEFAULT_ALPHAS", "STUDENT_LAYERS", "TEACHER_LAYERS", "ensemble_logits", "soft_label_loss",
+__all__ = ["DEFAULT_ALPHAS", "STUDENT_LAYERS", "TEACHER_LAYERS", "ensemble_logits", "soft_label_loss",
            "FeatureTranslation", "cosine_feature_loss", "student_features", "DistillLoss", "total_loss",
            "Distiller"]
 
-STREAMS = MODALITIES
-"""Order of the four teacher streams everywhere in this module: joint, bone, joint motion,
-bone motion (:data:`mksgn.preprocess.MODALITIES`)."""
 DEFAULT_ALPHAS = (0.6, 0.6, 0.4, 0.4)
 """Default ``α`` of eq. 25 (joint, bone, joint motion, bone motion): the weights of the
 CTR-GCN ensemble script (``ensemble.py``); the paper gives none."""
@@ -62,11 +59,11 @@ def _check_number(name: str, value, where: str, positive: bool = False) -> float
 
 
 def _check_streams(items, what: str, where: str) -> list:
-    if isinstance(items, torch.Tensor) or not isinstance(items, Sequence) or len(items) != len(STREAMS):
+    if isinstance(items, torch.Tensor) or not isinstance(items, Sequence) or len(items) != len(MODALITIES):
         got = f"{len(items)} items" if isinstance(items, Sequence) and not isinstance(items, torch.Tensor) \
             else type(items).__name__
-        raise ConfigError(f"{where}: expected a sequence of {len(STREAMS)} {what}, one per stream "
-                          f"{list(STREAMS)} in that order; got {got}")
+        raise ConfigError(f"{where}: expected a sequence of {len(MODALITIES)} {what}, one per stream "
+                          f"{list(MODALITIES)} in that order; got {got}")
     return list(items)
 
 
@@ -81,7 +78,8 @@ def ensemble_logits(stream_logits: Sequence[torch.Tensor], alphas: Sequence[floa
     Parameters
     ----------
     stream_logits : sequence of 4 Tensors, each ``(N, num_classes)``
-        Teacher logits in the order of :data:`STREAMS` (joint, bone, joint motion, bone motion).
+        Teacher logits in the order of :data:`~mksgn.preprocess.MODALITIES` (joint, bone,
+        joint motion, bone motion).
     alphas : sequence of 4 floats ≥ 0
         ``α`` per stream, same order.
 
@@ -100,7 +98,7 @@ def ensemble_logits(stream_logits: Sequence[torch.Tensor], alphas: Sequence[floa
     alphas = _check_streams(alphas, "alphas", where)
     alphas = [_check_number(f"alphas[{i}]", a, where) for i, a in enumerate(alphas)]
     shape = logits[0].shape if isinstance(logits[0], torch.Tensor) else None
-    for name, y in zip(STREAMS, logits):
+    for name, y in zip(MODALITIES, logits):
         if not isinstance(y, torch.Tensor) or y.dim() != 2 or y.shape != shape:
             got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
             raise ConfigError(f"{where}: {name} logits have shape {got}; every stream must be "
@@ -195,8 +193,8 @@ class FeatureTranslation(nn.Module):
     Shape
     -----
     Input: a sequence of ``num_streams`` tensors ``(N·M, C_t, T', V)`` (teacher layout, stream
-    order :data:`STREAMS`). Output: spikes in {0, 1}, ``(T_s·N·M, C_s, T', V)`` (student
-    layout). For the paper's pairs, teacher layer 5 ``(N·M, 128w, ⌈T/2⌉, V)`` → student layer
+    order :data:`~mksgn.preprocess.MODALITIES`). Output: spikes in {0, 1},
+    ``(T_s·N·M, C_s, T', V)`` (student layout). For the paper's pairs, teacher layer 5 ``(N·M, 128w, ⌈T/2⌉, V)`` → student layer
     3 ``(T_s·N·M, 128w, ⌈T/2⌉, V)``, teacher layer 8 ``(N·M, 256w, ⌈T/4⌉, V)`` → student
     layer 5 ``(T_s·N·M, 256w, ⌈T/4⌉, V)``.
 
@@ -232,7 +230,7 @@ class FeatureTranslation(nn.Module):
             got = f"{len(features)}" if isinstance(features, Sequence) and not isinstance(features, torch.Tensor) \
                 else type(features).__name__
             raise ConfigError(f"{where}: expected {self.num_streams} teacher feature tensors (one per stream, "
-                              f"order {list(STREAMS)}), got {got}")
+                              f"order {list(MODALITIES)}), got {got}")
         first = features[0]
         for i, f in enumerate(features):
             if not isinstance(f, torch.Tensor) or f.dim() != 4 or f.shape != first.shape \
@@ -462,7 +460,7 @@ class Distiller:
         T, V, M)``); ``x_student`` is the student's input; ``forward_kwargs`` go to its
         forward. Adds the batch's terms to the epoch record (:meth:`record`)."""
         with torch.no_grad():
-            outs = [self.teachers[m](batch[m], return_features=True) for m in STREAMS]
+            outs = [self.teachers[m](batch[m], return_features=True) for m in MODALITIES]
         t_logits = ensemble_logits([o[0] for o in outs], self.tcfg.kd_alphas)
         logits, feats = student_features(model, x_student, **forward_kwargs)
         spikes = [ftm([o[1][d] for o in outs]) for d, ftm in enumerate(self.ftms)]
@@ -499,7 +497,7 @@ class Distiller:
         """What the student's metrics keep of this run: the teachers and the settings."""
         t = self.tcfg
         return {"teachers": self.info, "distillation": {
-            "alphas": dict(zip(STREAMS, t.kd_alphas)), "temperature": t.kd_temperature,
+            "alphas": dict(zip(MODALITIES, t.kd_alphas)), "temperature": t.kd_temperature,
             "gamma1": t.kd_gamma1, "gamma2": t.kd_gamma2, "gamma3": t.kd_gamma3,
             "beta1": t.kd_beta1, "beta2": t.kd_beta2, "ftm_lr": t.kd_ftm_lr}}
 

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from .analysis import analyse
 from .checkpoint import atomic_write, load_checkpoint, load_state, sha256_file
 from .data import SkeletonDataset
-from .distill import DEFAULT_ALPHAS, STREAMS, ensemble_logits
+from .distill import DEFAULT_ALPHAS, ensemble_logits
 from .errors import CheckpointError, ConfigError
 from .models import ModelConfig, build_model
 from .preprocess import MODALITIES
@@ -126,7 +126,7 @@ def load_teachers(paths, layout: str | None = None, num_classes: int | None = No
 
     Returns
     -------
-    (dict modality → CTRGCN in :data:`~mksgn.distill.STREAMS` order, ``requires_grad`` off;
+    (dict modality → CTRGCN in :data:`~mksgn.preprocess.MODALITIES` order, ``requires_grad`` off;
     list of ``{"modality", "checkpoint", "sha256", "test_top1"}`` in the same order)
 
     Raises
@@ -140,9 +140,9 @@ def load_teachers(paths, layout: str | None = None, num_classes: int | None = No
         A missing, corrupt or foreign file.
     """
     paths = [Path(p) for p in paths]
-    if len(paths) != len(STREAMS):
+    if len(paths) != len(MODALITIES):
         raise ConfigError(f"--teacher: got {len(paths)} checkpoint(s); the 4-stream teacher needs exactly "
-                          f"{len(STREAMS)} CTR-GCN checkpoints, one per modality {list(STREAMS)} "
+                          f"{len(MODALITIES)} CTR-GCN checkpoints, one per modality {list(MODALITIES)} "
                           "(train each with mksgn-train --config configs/ctrgcn_ucla_narrow.json --modality M)")
     found, ref = {}, None
     for p in paths:
@@ -152,13 +152,13 @@ def load_teachers(paths, layout: str | None = None, num_classes: int | None = No
             raise ConfigError(f"--teacher {p}: not a CTR-GCN checkpoint (model.arch is {mc.get('arch')!r}); "
                               "the teacher streams are CTR-GCN models (configs/ctrgcn_ucla_narrow.json)")
         mods = list(ckpt["data"].get("modalities", []))
-        if len(mods) != 1 or mods[0] not in STREAMS:
-            raise ConfigError(f"--teacher {p}: a teacher stream has exactly one modality of {list(STREAMS)}; "
+        if len(mods) != 1 or mods[0] not in MODALITIES:
+            raise ConfigError(f"--teacher {p}: a teacher stream has exactly one modality of {list(MODALITIES)}; "
                               f"this checkpoint has {mods!r}")
         m = mods[0]
         if m in found:
             raise ConfigError(f"--teacher: modality {m!r} given twice ({found[m][1]} and {p}); give one "
-                              f"checkpoint per modality {list(STREAMS)}")
+                              f"checkpoint per modality {list(MODALITIES)}")
         for name, want in (("layout", layout), ("num_classes", num_classes)):
             if want is not None and mc.get(name) != want:
                 raise ConfigError(f"--teacher {p}: model.{name} is {mc.get(name)!r}, the student's is {want!r}")
@@ -170,13 +170,13 @@ def load_teachers(paths, layout: str | None = None, num_classes: int | None = No
         for q in model.parameters():
             q.requires_grad_(False)
         found[m] = (model, p, ckpt)
-    missing = [m for m in STREAMS if m not in found]
+    missing = [m for m in MODALITIES if m not in found]
     if missing:
         raise ConfigError(f"--teacher: no checkpoint for modality(ies) {missing}; need one per modality "
-                          f"{list(STREAMS)}")
-    models = {m: found[m][0] for m in STREAMS}
+                          f"{list(MODALITIES)}")
+    models = {m: found[m][0] for m in MODALITIES}
     info = [{"modality": m, "checkpoint": str(found[m][1]), "sha256": sha256_file(found[m][1]),
-             "test_top1": found[m][2].get("metrics", {}).get("test_top1")} for m in STREAMS]
+             "test_top1": found[m][2].get("metrics", {}).get("test_top1")} for m in MODALITIES]
     return models, info
 
 
@@ -207,12 +207,12 @@ def evaluate_ensemble(checkpoints, data_root: str | Path, split: str = "test", a
     alphas = list(DEFAULT_ALPHAS if alphas is None else alphas)
     models, info = load_teachers(checkpoints)
     first = load_checkpoint(info[0]["checkpoint"])["data"]
-    dataset = SkeletonDataset(data_root, split, STREAMS, first.get("protocol"), train=False, progress=progress)
+    dataset = SkeletonDataset(data_root, split, MODALITIES, first.get("protocol"), train=False, progress=progress)
     if dataset.layout.name != first["layout"]:
         raise CheckpointError(f"{info[0]['checkpoint']}: trained on layout {first['layout']!r}, but {data_root} "
                               f"is {dataset.layout.name!r}")
     stream_logits, streams, labels = [], {}, None
-    for m, rec in zip(STREAMS, info):
+    for m, rec in zip(MODALITIES, info):
         logits, labels = evaluate_logits(models[m], dataset, progress=progress, desc=f"{m} {split}",
                                          modalities=(m,))
         stream_logits.append(logits)
@@ -220,7 +220,7 @@ def evaluate_ensemble(checkpoints, data_root: str | Path, split: str = "test", a
                       "top1": float(100 * (logits.argmax(1) == labels).float().mean())}
     ens = ensemble_logits(stream_logits, alphas)
     result = {"split": split, "clips": int(len(labels)), "streams": streams,
-              "alphas": dict(zip(STREAMS, alphas)),
+              "alphas": dict(zip(MODALITIES, alphas)),
               "top1": float(100 * (ens.argmax(1) == labels).float().mean())}
     if json_path:
         atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(result, indent=1)))

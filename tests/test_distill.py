@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mksgn.distill import (STREAMS, FeatureTranslation, cosine_feature_loss, ensemble_logits,
+from mksgn.distill import (FeatureTranslation, cosine_feature_loss, ensemble_logits,
                            soft_label_loss, student_features, total_loss)
 from mksgn.errors import ConfigError, MksgnError
 from mksgn.models import ModelConfig, build_model
@@ -178,7 +178,7 @@ def test_ensemble_logits_hand_value():
     expected = torch.full((2, 3), 0.5 * 1 + 0.25 * 2 + 2.0 * 3 + 0.0 * 4)
     expected[0, 0] = 0.5 * 10 + 0.25 * 2 + 2.0 * 3
     torch.testing.assert_close(out, expected)
-    assert STREAMS == MODALITIES == ("joint", "bone", "joint_motion", "bone_motion")
+    assert MODALITIES == ("joint", "bone", "joint_motion", "bone_motion")
 
 
 # ---------------------------------------------------------------- one step on real NW-UCLA clips
@@ -202,7 +202,7 @@ def test_one_distillation_step_reduces_total_loss(ucla_batch):
     cfg, student = _student("ucla20", time_steps=4, dropout=0.0)  # paper T_s = 4
     teachers = [_teacher("ucla20", seed=10 + k).eval() for k in range(4)]
     with torch.no_grad():
-        outs = [t(x[m], return_features=True) for t, m in zip(teachers, STREAMS)]
+        outs = [t(x[m], return_features=True) for t, m in zip(teachers, MODALITIES)]
     t_logits = ensemble_logits([o[0] for o in outs], (0.6, 0.6, 0.4, 0.4))
     t_feats = [[o[1][d] for o in outs] for d in range(2)]  # per depth: four streams
     torch.manual_seed(5)

@@ -32,7 +32,7 @@ def test_decay_rounds_toward_zero():
 
 def test_shifts():
     assert fp.shift_right_floor(np.array([-1, -3, 3, -4]), 1).tolist() == [-1, -2, 1, -2]
-    assert fp.shift_by_exp(np.array([-3, 3]), np.array([-1, 2])).tolist() == [-2, 12]
+    assert fp.shift_exp(np.array([-3, 3]), np.array([-1, 2])).tolist() == [-2, 12]
     assert fp.wrap_int32(np.array([2 ** 31, -2 ** 31 - 1])).tolist() == [-2 ** 31, 2 ** 31 - 1]
     assert fp.conv_wrap(np.array([2 ** 23, -2 ** 23, 2 ** 24 + 5])).tolist() == [-2 ** 23,
                                                                                 -2 ** 23, 5]

@@ -56,13 +56,10 @@ import numpy as np
 from mksgn.checkpoint import atomic_write
 
 from ..errors import ExportError
+from ..fixed_point import ACT_SHIFT, DECAY_UNITY, DU_MAX, VTH_SHIFT
 from ..ir import INPUT, LOGITS, Graph, Synapse
 
 __all__ = ["write_nir", "to_nir", "nir_layout_shape"]
-
-ACT_SHIFT = 6
-DECAY_UNITY = 4096
-DU_INSTANT = 4095
 
 
 def nir_layout_shape(shape) -> tuple:
@@ -157,7 +154,7 @@ def to_nir(graph: Graph) -> nir.NIRGraph:
     for name, g in graph.groups.items():
         if g.dv == 0:
             raise ExportError(f"{name}: dv = 0 (no leak) has no finite tau_mem in NIR CubaLIF")
-        if g.du != DU_INSTANT and np.any(np.asarray(g.bias_mant) != 0):
+        if g.du != DU_MAX and np.any(np.asarray(g.bias_mant) != 0):
             raise ExportError(f"{name}: bias with du = {g.du} < 4095 cannot enter through the "
                               "synaptic current exactly")
         shp = nir_layout_shape(g.shape)
@@ -165,7 +162,7 @@ def to_nir(graph: Graph) -> nir.NIRGraph:
         tau_mem = DECAY_UNITY / g.dv
         full = lambda v: np.full(shp, float(v))  # noqa: E731
         nodes[name] = nir.CubaLIF(tau_syn=full(tau_syn), tau_mem=full(tau_mem), r=full(tau_mem),
-                                  v_leak=full(0.0), v_threshold=full(g.vth_mant * 2 ** ACT_SHIFT),
+                                  v_leak=full(0.0), v_threshold=full(g.vth_mant * 2 ** VTH_SHIFT),
                                   v_reset=full(0.0), w_in=full(2 ** ACT_SHIFT * tau_syn),
                                   metadata={"du": int(g.du), "dv": int(g.dv),
                                             "vth_mant": int(g.vth_mant)})

@@ -148,7 +148,7 @@ class _Builder:
         return self.node("Mul", [a, b], base)
 
     def shift_exp(self, x: str, e: int, base: str) -> str:
-        """Mirrors ``fixed_point.shift_exp`` / ``shift_by_exp``: ``x << e`` or ``x >> -e`` (floor)."""
+        """Mirrors ``fixed_point.shift_exp``: ``x << e`` or ``x >> -e`` (floor)."""
         e = int(e)
         if e == 0:
             return x
