@@ -18,9 +18,10 @@ from tqdm import tqdm
 from mksgn.checkpoint import atomic_write
 from mksgn.data import SkeletonDataset
 from mksgn.evaluate import confusion_matrix, plot_confusion
+from mksgn.guard import optional_output
 
 from .errors import ExportError
-from .exporter import verify_export_dir
+from .exporter import verified_bytes, verify_export_dir
 from .pipeline import graph_input, input_modalities
 
 __all__ = ["load_export_graph", "evaluate_export"]
@@ -40,12 +41,19 @@ def load_export_graph(export_dir: str | Path):
         raise ExportError(f"{export_dir}: a {manifest['target']} export has no Lava graph; "
                           "export with --target lava")
     from .writers.lava_writer import read_lava
-    return read_lava(export_dir / "network.net"), manifest
+    # the bytes parsed are the bytes checked against the manifest (no swap between check and read)
+    return read_lava(export_dir / "network.net", verified_bytes(export_dir, "network.net", manifest)), manifest
 
 
-def _onnx_runner(path: Path):
+def _onnx_runner(export_dir: Path, manifest: dict):
     import onnxruntime as ort
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    model = verified_bytes(export_dir, "model.onnx", manifest)
+    try:
+        sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own types for a damaged model
+        raise ExportError(f"{export_dir / 'model.onnx'}: not a readable ONNX model "
+                          f"({str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__})"
+                          "; re-export") from None
     return lambda x: torch.from_numpy(sess.run(["logits"], {"clip": x.numpy().astype(np.float32)})[0])
 
 
@@ -71,7 +79,7 @@ def evaluate_export(export_dir: str | Path, data_root: str | Path, split: str = 
         graph, _ = load_export_graph(export_dir)
         runner = None
     elif target == "onnx":
-        runner = _onnx_runner(export_dir / "model.onnx")
+        runner = _onnx_runner(export_dir, manifest)
     else:
         raise ExportError(f"{export_dir}: NIR exports are float and continuous-time; evaluate the "
                           "lava or onnx export (or the checkpoint)")
@@ -106,7 +114,8 @@ def evaluate_export(export_dir: str | Path, data_root: str | Path, split: str = 
               "saturation": {k: v for k, v in saturation.items() if any(v.values())}}
     if json_path:
         atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
-    if plots_dir:
-        plot_confusion(cm, names, Path(plots_dir) / "confusion.png",
-                       f"{export_dir.name} (quantised) on {split}: top-1 {result['top1']:.1f}%")
+    if plots_dir:  # optional: a failure is a warning, the result above stands
+        optional_output(lambda: plot_confusion(cm, names, Path(plots_dir) / "confusion.png",
+                                               f"{export_dir.name} (quantised) on {split}: "
+                                               f"top-1 {result['top1']:.1f}%"), f"{plots_dir}/confusion.png")
     return result

@@ -8,14 +8,25 @@ Layout of ``OUT/`` (all targets)::
     manifest.json                            versions, input encoding, scales, latency,
                                              class names, sha256 of every other file
 
-Everything is written into a temp directory beside ``OUT`` and renamed on success, so a
-failed export leaves nothing behind. Same checkpoint + options → byte-identical files.
+Everything is written into a temp directory ``.OUT.<pid>.<random>.tmp`` beside ``OUT`` and
+renamed on success, so a failed, interrupted (Ctrl-C, SIGTERM) or out-of-space export leaves
+nothing behind; the temp folders of a killed run (SIGKILL, power loss) are removed by the next
+export to the same place. ``--force`` replaces only a previous export (a folder holding a
+``manifest.json`` and only the files it lists), never the working folder or a folder that holds
+the checkpoint or the calibration data. Same checkpoint + options → byte-identical files.
+
+Readers go through :func:`verify_export_dir` (schema of ``manifest.json``) and
+:func:`verified_bytes` (a listed file, read once and checked against its sha256).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -24,6 +35,7 @@ from typing import Sequence
 import numpy as np
 
 from mksgn.checkpoint import sha256_file
+from mksgn.guard import integer, is_no_space, output_dir, read_limited
 
 from .errors import ExportError
 from .ir import Graph
@@ -108,6 +120,104 @@ class ExportSummary:
                 + f"\n\nwrote {self.out_dir}/ ({', '.join(sorted(self.manifest['files']) + ['manifest.json'])})")
 
 
+#: A temp folder without a process id (written before ids were recorded) is stale after this.
+_LEGACY_STALE_S = 3600
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def remove_stale_temps(out_dir: str | Path) -> list[Path]:
+    """Remove the hidden temp folders ``.OUT.<pid>.<random>.tmp`` / ``.old`` that a killed export
+    to ``out_dir`` left beside it (their process is gone), and ``.OUT.<random>.tmp`` /
+    ``.OUT.old.<random>`` of older versions once they are an hour old. Returns what was removed."""
+    out_dir = Path(out_dir)
+    parent = out_dir.parent
+    removed = []
+    if not parent.is_dir() or not out_dir.name:
+        return removed
+    name = re.escape(out_dir.name)
+    temp = re.compile(rf"^\.{name}\.(?:(?P<pid>\d+)\.)?[a-z0-9_]{{8}}\.(?:tmp|old)$")
+    legacy_old = re.compile(rf"^\.{name}\.old\.[a-z0-9_]{{8}}$")
+    for p in parent.iterdir():
+        m = temp.match(p.name) or legacy_old.match(p.name)
+        if not m or p.is_symlink() or not p.is_dir():
+            continue
+        pid = m.groupdict().get("pid")
+        if pid is not None:
+            if _alive(int(pid)):
+                continue
+        else:
+            try:
+                if time.time() - p.stat().st_mtime < _LEGACY_STALE_S:
+                    continue
+            except OSError:
+                continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_out_dir(out_dir: str | Path, force: bool, keep: Sequence[str | Path] = ()) -> None:
+    """Refuse an output folder that cannot or must not be written, before any long work.
+
+    A missing ``out_dir`` must be creatable (its nearest existing ancestor writable). An existing
+    one needs ``force`` and must be a previous export: a folder whose ``manifest.json`` is an
+    export manifest and which holds nothing but the files it lists. Never replaced: the working
+    folder or a folder above it, a folder holding any of ``keep`` (the checkpoint, the
+    calibration data), a symbolic link.
+
+    Raises
+    ------
+    ExportError
+    """
+    out_dir = Path(out_dir)
+    if out_dir.is_symlink():
+        raise ExportError(f"{out_dir}: is a symbolic link; give the real folder or another -o")
+    if not out_dir.exists():
+        output_dir(out_dir, "-o", error=ExportError)
+        return
+    if not out_dir.is_dir():
+        raise ExportError(f"{out_dir}: exists and is not a folder; choose another -o")
+    if not force:
+        raise ExportError(f"{out_dir} exists; pass --force to replace it or -o to choose another folder")
+    real = out_dir.resolve()
+    if _inside(Path.cwd().resolve(), real):
+        raise ExportError(f"-o {out_dir}: is the working folder or one above it; --force never replaces "
+                          "it (choose a new folder)")
+    for k in keep:
+        if k is not None and _inside(Path(k).resolve(), real):
+            raise ExportError(f"-o {out_dir}: holds {k}, an input of this export; --force never replaces "
+                              "it (choose another folder)")
+    manifest = out_dir / "manifest.json"
+    if not manifest.is_file():
+        raise ExportError(f"-o {out_dir}: not a previous export (no manifest.json); --force only replaces "
+                          "an export folder; choose another folder or remove it yourself")
+    try:
+        doc = json.loads(read_limited(manifest, "an export manifest", error=ExportError))
+    except (ValueError, UnicodeDecodeError):
+        doc = None
+    if not (isinstance(doc, dict) and isinstance(doc.get("files"), dict) and "manifest_version" in doc):
+        raise ExportError(f"-o {out_dir}: manifest.json is not an export manifest; --force only replaces "
+                          "an export folder; choose another folder or remove it yourself")
+    extra = sorted(p.name for p in out_dir.iterdir() if p.name != "manifest.json" and p.name not in doc["files"])
+    if extra:
+        raise ExportError(f"-o {out_dir}: holds files that are not part of its export "
+                          f"({', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''}); --force would "
+                          "delete them; move them away or choose another folder")
+
+
 def run_export(checkpoint: str | Path, target: str, out_dir: str | Path | None, calib_data: str | Path,
                calib_clips: int = 64, force: bool = False, progress: bool = True,
                weight_split: Sequence[str] = SPLIT_KINDS) -> ExportSummary:
@@ -129,18 +239,19 @@ def run_export(checkpoint: str | Path, target: str, out_dir: str | Path | None, 
         raise ExportError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     checkpoint = Path(checkpoint)
     out_dir = Path(out_dir) if out_dir else checkpoint.with_name(f"{checkpoint.stem}_{target}")
-    if out_dir.exists() and not force:
-        raise ExportError(f"{out_dir} exists; pass --force to replace it or -o to choose another folder")
     if calib_data is None:
         raise ExportError("--calib-data is required: quantisation scales are calibrated on real "
                           "training clips (e.g. --calib-data ../shared/data/nw-ucla)")
+    integer(calib_clips, "--calib-clips", 1, error=ExportError)
+    check_out_dir(out_dir, force, keep=[checkpoint, Path(calib_data)])  # before the long calibration
+    remove_stale_temps(out_dir)
     graph, x = export_graph(checkpoint, calib_data, calib_clips, progress=progress, weight_split=weight_split)
     # saturation on the calibration clips, in integer arithmetic
     graph.meta["quantisation"]["saturation"] = run_graph(graph, x, mode="int").saturation
     layers = layer_table(graph)
     res = resources(graph)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".tmp", dir=out_dir.parent))
     tmp.chmod(0o755)
     try:
         write_target(graph, target, tmp)
@@ -164,38 +275,132 @@ def run_export(checkpoint: str | Path, target: str, out_dir: str | Path | None, 
             "calibration": graph.meta["calibration"], "versions": _versions(), "files": files,
         }
         (tmp / "manifest.json").write_text(_json(manifest))
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-            out_dir.rename(old / out_dir.name)
+        if out_dir.exists():  # a previous export (check_out_dir): swap, then remove the old one
+            old = out_dir.with_name(tmp.name[:-len(".tmp")] + ".old")
+            out_dir.rename(old)
             tmp.rename(out_dir)
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out_dir)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_no_space(exc):
+            raise ExportError(f"{out_dir}: no space left on device while writing the export; nothing was "
+                              "written (free some space and run again)") from None
         raise
     return ExportSummary(out_dir, graph, layers, res, manifest)
 
 
-def verify_export_dir(path: str | Path) -> dict:
-    """Read ``manifest.json`` and check the sha256 of every listed file.
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _plain_name(name) -> bool:
+    return (isinstance(name, str) and name not in ("", ".", "..", "manifest.json")
+            and not any(c in name for c in "/\\\0") and name == name.strip())
+
+
+def check_manifest(manifest, where: str) -> dict:
+    """Validate the schema of an export manifest: one :class:`ExportError` naming the first
+    problem (the file and the key)."""
+    def bad(what):
+        raise ExportError(f"{where}: {what}; re-export (mksgn-export)")
+
+    if not isinstance(manifest, dict):
+        bad(f"holds a JSON {type(manifest).__name__}, not an object")
+    for key in ("manifest_version", "target", "files", "data", "class_names"):
+        if key not in manifest:
+            bad(f"missing key {key!r}")
+    if manifest["manifest_version"] != MANIFEST_VERSION or isinstance(manifest["manifest_version"], bool):
+        bad(f"manifest_version {manifest['manifest_version']!r} is not supported (this mksgn reads "
+            f"{MANIFEST_VERSION})")
+    if not isinstance(manifest["target"], str) or manifest["target"] not in TARGETS:
+        bad(f"target {manifest['target']!r} is not one of {list(TARGETS)}")
+    files = manifest["files"]
+    if not isinstance(files, dict) or not files:
+        bad("'files' must be an object mapping file names to sha256 digests")
+    for name, digest in files.items():
+        if not _plain_name(name):
+            bad(f"'files' lists {name!r}: only plain file names inside the export folder are allowed")
+        if not isinstance(digest, str) or not _SHA256.match(digest):
+            bad(f"'files' gives {name!r} the digest {digest!r}, not a sha256 hex digest")
+    if TARGETS[manifest["target"]] not in files:
+        bad(f"'files' does not list {TARGETS[manifest['target']]}, the {manifest['target']} target file")
+    d = manifest["data"]
+    if not isinstance(d, dict):
+        bad(f"'data' is a {type(d).__name__}, not an object")
+    if not isinstance(d.get("layout"), str):
+        bad(f"data.layout is {d.get('layout')!r}, not a layout name")
+    mods = d.get("modalities")
+    if not isinstance(mods, list) or not mods or not all(isinstance(m, str) for m in mods):
+        bad(f"data.modalities is {mods!r}, not a list of modality names")
+    if d.get("protocol") is not None and not isinstance(d["protocol"], str):
+        bad(f"data.protocol is {d['protocol']!r}, not a protocol name")
+    names = manifest["class_names"]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        bad("'class_names' must be a non-empty list of strings")
+    mc = manifest.get("model_config")
+    if mc is not None:
+        n = mc.get("num_classes") if isinstance(mc, dict) else None
+        if not isinstance(n, int) or isinstance(n, bool) or n != len(names):
+            bad(f"model_config.num_classes {n!r} does not match the {len(names)} class_names")
+    return manifest
+
+
+def verified_bytes(path: str | Path, name: str, manifest: dict) -> bytes:
+    """The bytes of ``name`` in the export folder ``path``, read once and checked against the
+    sha256 that ``manifest`` (already :func:`check_manifest`-ed) lists for it.
 
     Raises
     ------
     ExportError
-        Missing folder or manifest, a missing or tampered file.
+        A name the manifest does not list, a missing or modified file.
     """
     path = Path(path)
+    digest = manifest["files"].get(name)
+    if digest is None:
+        raise ExportError(f"{path}: {name} is not listed in manifest.json, so it cannot be verified; re-export")
+    f = path / name
+    if f.is_symlink() or not f.is_file():
+        raise ExportError(f"{path}: {name} listed in manifest.json is missing")
+    try:
+        data = f.read_bytes()
+    except OSError as exc:
+        raise ExportError(f"{path}: {name} cannot be read ({exc.strerror or exc})") from None
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise ExportError(f"{path}: {name} does not match its sha256 in manifest.json (modified or corrupt); "
+                          "re-export")
+    return data
+
+
+def verify_export_dir(path: str | Path) -> dict:
+    """Read ``manifest.json``, validate its schema and check the sha256 of every listed file.
+
+    Raises
+    ------
+    ExportError
+        Missing folder or manifest, a manifest of the wrong shape (missing or mistyped
+        ``target`` / ``data`` / ``files`` / ``class_names``, names outside the folder, the
+        target file not listed), a missing or tampered file.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ExportError(f"{path}: no such export folder; run mksgn-export first")
     mpath = path / "manifest.json"
     if not mpath.is_file():
         raise ExportError(f"{path}: not an export directory (no manifest.json); run mksgn-export first")
+    raw = read_limited(mpath, "an export manifest", error=ExportError)
     try:
-        manifest = json.loads(mpath.read_text())
+        manifest = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ExportError(f"{mpath}: not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise ExportError(f"{mpath}: invalid JSON ({exc.msg})") from None
-    for name, digest in manifest.get("files", {}).items():
+    except RecursionError:
+        raise ExportError(f"{mpath}: JSON nested too deeply") from None
+    check_manifest(manifest, str(mpath))
+    for name, digest in manifest["files"].items():
         f = path / name
-        if not f.is_file():
+        if f.is_symlink() or not f.is_file():
             raise ExportError(f"{path}: {name} listed in manifest.json is missing")
         if sha256_file(f) != digest:
             raise ExportError(f"{path}: {name} does not match its sha256 in manifest.json "

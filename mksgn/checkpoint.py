@@ -92,7 +92,29 @@ def load_checkpoint(path: str | Path) -> dict:
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    _check_contents(ckpt, path)
     return ckpt
+
+
+def _check_contents(ckpt: dict, path: Path) -> None:
+    """Types of the required keys, class names that fit the model, finite weights."""
+    cfg, sd, names, data = ckpt["config"], ckpt["state_dict"], ckpt["class_names"], ckpt["data"]
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
+        raise CheckpointError(f"{path}: 'config' must be an object with a 'model' section")
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: 'data' must be an object, got {type(data).__name__}")
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise CheckpointError(f"{path}: 'state_dict' must map parameter names to tensors")
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{path}: 'class_names' must be a non-empty list of strings")
+    n = cfg["model"].get("num_classes")
+    if isinstance(n, int) and not isinstance(n, bool) and len(names) != n:
+        raise CheckpointError(f"{path}: {len(names)} class_names for a model with num_classes {n}")
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{path}: non-finite (NaN/Inf) values in {', '.join(bad[:3])}"
+                              f"{' and more' if len(bad) > 3 else ''}; the checkpoint is damaged or its "
+                              "training diverged")
 
 
 def load_state(model: torch.nn.Module, state_dict: dict, path: str | Path = "checkpoint",

@@ -44,3 +44,7 @@ class ConfigError(MksgnError):
 
 class CheckpointError(MksgnError):
     """A checkpoint is missing, corrupt, of the wrong kind or of an unsupported version."""
+
+
+class OptionError(MksgnError):
+    """A command-line option or output path is invalid (not finite, out of range, not writable)."""

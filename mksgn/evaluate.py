@@ -15,6 +15,7 @@ from .checkpoint import atomic_write, load_checkpoint, load_state, sha256_file
 from .data import SkeletonDataset
 from .distill import DEFAULT_ALPHAS, ensemble_logits
 from .errors import CheckpointError, ConfigError
+from .guard import optional_output
 from .models import ModelConfig, build_model
 from .preprocess import MODALITIES
 
@@ -323,10 +324,12 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, split: str = "test",
     if json_path:
         body = {k: v for k, v in result.items() if not k.startswith("_")}
         atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(body, indent=1)))
-    if plots_dir:
+    if plots_dir:  # optional outputs: a failure is a warning, the result above stands
         plots_dir = Path(plots_dir)
-        plot_confusion(cm, names, plots_dir / "confusion.png",
-                       f"{Path(checkpoint).name} on {split}: top-1 {result['top1']:.1f}%")
-        plot_firing_rates(result["analysis"], plots_dir / "firing_rates.png",
-                          f"{Path(checkpoint).name}: firing rates on {n_an} {split} clips")
+        optional_output(lambda: plot_confusion(cm, names, plots_dir / "confusion.png",
+                                               f"{Path(checkpoint).name} on {split}: top-1 {result['top1']:.1f}%"),
+                        f"{plots_dir / 'confusion.png'}")
+        optional_output(lambda: plot_firing_rates(result["analysis"], plots_dir / "firing_rates.png",
+                                                  f"{Path(checkpoint).name}: firing rates on {n_an} {split} clips"),
+                        f"{plots_dir / 'firing_rates.png'}")
     return result

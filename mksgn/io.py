@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .guard import read_limited
 
 __all__ = [
     "Clip", "read_ntu_skeleton", "read_ucla_json", "read_clip", "parse_ntu_name",
@@ -187,13 +188,14 @@ def _existing(path: str | Path) -> Path:
     return path
 
 
+#: Largest clip file read, in bytes (real NTU RGB+D files are under 3 MB, NW-UCLA under 1 MB).
+CLIP_LIMIT = 64 << 20
+
+
 def _read_text(path: Path) -> str:
+    raw = read_limited(path, "a skeleton clip", CLIP_LIMIT, error=DataError)
     try:
-        return path.read_text(encoding="ascii", errors="strict")
-    except FileNotFoundError:
-        raise DataError("file not found", path) from None
-    except IsADirectoryError:
-        raise DataError("is a folder, expected a file", path) from None
+        return raw.decode("ascii", errors="strict")
     except UnicodeDecodeError as exc:
         raise DataError(f"not a text file (byte {exc.start} is not ASCII)", path) from None
 
@@ -235,7 +237,13 @@ def read_ntu_skeleton(path: str | Path, max_bodies: int = NTU_MAX_BODIES) -> Cli
     if num_frames <= 0:
         raise DataError(f"clip has {num_frames} frames; a clip needs at least one frame",
                         path, cur.pos)
-    tracks: dict[str, np.ndarray] = {}
+    # every frame takes at least its body-count line: a header claiming more frames than the
+    # file has lines is refused before anything is allocated for them
+    if num_frames > len(cur.lines) - cur.pos:
+        raise DataError(f"header claims {num_frames:,} frames but only {len(cur.lines) - cur.pos:,} "
+                        "lines follow (corrupt or truncated file)", path, cur.pos)
+    # body id -> {frame: (25, 3) joints}: memory grows with the lines read, not with the header
+    tracks: dict[str, dict[int, np.ndarray]] = {}
     for t in range(num_frames):
         num_bodies = cur.next_int(f"body count of frame {t + 1}")
         if num_bodies < 0:
@@ -248,11 +256,12 @@ def read_ntu_skeleton(path: str | Path, max_bodies: int = NTU_MAX_BODIES) -> Cli
             if num_joints != NTU_JOINTS:
                 raise DataError(f"expected {NTU_JOINTS} joints per body (NTU RGB+D Kinect v2), "
                                 f"found {num_joints} in frame {t + 1}", path, cur.pos)
-            track = tracks.setdefault(body_id, np.zeros((num_frames, NTU_JOINTS, 3), np.float32))
+            joints = np.zeros((NTU_JOINTS, 3), np.float32)
             for v in range(NTU_JOINTS):
                 vals = cur.floats(cur.next_values(f"joint {v + 1} of frame {t + 1}",
                                                   _NTU_JOINT_VALUES), "joint line")
-                track[t, v] = vals[:3]
+                joints[v] = vals[:3]
+            tracks.setdefault(body_id, {})[t] = joints
     while cur.pos < len(cur.lines):
         if cur.lines[cur.pos].strip():
             raise DataError(f"unexpected data after the last of {num_frames} frames",
@@ -261,17 +270,25 @@ def read_ntu_skeleton(path: str | Path, max_bodies: int = NTU_MAX_BODIES) -> Cli
     if not tracks:
         raise DataError(f"no body in any of the {num_frames} frames", path)
     ranked = sorted(tracks.values(), key=_motion_energy, reverse=True)[:max_bodies]
-    skeleton = np.stack(ranked, axis=-1).transpose(2, 0, 1, 3)  # (T,V,3,M) -> (3,T,V,M)
+    dense = []
+    for frames in ranked:  # only the kept bodies become (T, V, 3) arrays
+        track = np.zeros((num_frames, NTU_JOINTS, 3), np.float32)
+        for t, joints in frames.items():
+            track[t] = joints
+        dense.append(track)
+    skeleton = np.stack(dense, axis=-1).transpose(2, 0, 1, 3)  # (T,V,3,M) -> (3,T,V,M)
     meta = dict(ids, bodies_seen=len(tracks))
     return Clip(path.name.split(".")[0], np.ascontiguousarray(skeleton), ids["action"] - 1, meta)
 
 
-def _motion_energy(track: np.ndarray) -> float:
-    present = track.reshape(track.shape[0], -1).any(axis=1)
-    frames = track[present]
-    if len(frames) == 0:
+def _motion_energy(frames: dict) -> float:
+    """Sum over x, y, z of the std over the body's present frames (any non-zero coordinate)
+    and joints; the frames in time order."""
+    present = [frames[t] for t in sorted(frames) if frames[t].any()]
+    if not present:
         return 0.0
-    return float(sum(frames[..., c].std() for c in range(3)))
+    arr = np.stack(present)
+    return float(sum(arr[..., c].std() for c in range(3)))
 
 
 def read_ucla_json(path: str | Path) -> Clip:
@@ -314,7 +331,7 @@ def read_ucla_json(path: str | Path) -> Clip:
     if not np.isfinite(arr).all():
         raise DataError("non-finite coordinate", path)
     label = doc["label"]
-    if not isinstance(label, int) or not 1 <= label <= len(UCLA_ACTIONS):
+    if not isinstance(label, int) or isinstance(label, bool) or not 1 <= label <= len(UCLA_ACTIONS):
         raise DataError(f"label {label!r} outside 1..{len(UCLA_ACTIONS)}", path)
     if UCLA_ACTIONS[label - 1] != ids["action"]:
         raise DataError(f"label {label} means action a{UCLA_ACTIONS[label - 1]:02d} but the file "

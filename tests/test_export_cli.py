@@ -84,7 +84,7 @@ BAD = [
     ("nan", _nan, [], "non-finite"),
     ("huge", _huge, [], "too large to represent"),
     ("no_calib", "ok", ["--calib-data", "/nonexistent/ucla"], "dataset folder not found"),
-    ("zero_calib", "ok", ["--calib-clips", "0"], "must be at least 1"),
+    ("zero_calib", "ok", ["--calib-clips", "0"], "--calib-clips must be an integer >= 1"),
     ("nir_attention", "ok", ["--target", "nir"], "NIR cannot express"),
 ]
 
@@ -120,11 +120,22 @@ def test_existing_output_needs_force(ckpts, tmp_path):
     r = cli(ckpts["base_sgn"], "--target", "lava", "-o", out, "--calib-data", UCLA, "--calib-clips", "4")
     assert r.returncode == 2 and "exists; pass --force" in r.stderr
     assert (out / "keep.txt").read_text() == "mine"
+    # --force replaces only a previous export: a folder holding other files is refused
+    r = cli(ckpts["base_sgn"], "--target", "lava", "-o", out, "--calib-data", UCLA, "--calib-clips", "4",
+            "--force")
+    assert r.returncode == 2 and "not a previous export" in r.stderr
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    out.rmdir()
+    r = cli(ckpts["base_sgn"], "--target", "lava", "-o", out, "--calib-data", UCLA, "--calib-clips", "4")
+    assert r.returncode == 0, r.stderr
+    first = (out / "manifest.json").read_bytes()
     r = cli(ckpts["base_sgn"], "--target", "lava", "-o", out, "--calib-data", UCLA, "--calib-clips", "4",
             "--force")
     assert r.returncode == 0, r.stderr
-    assert not (out / "keep.txt").exists() and (out / "network.net").exists()
+    assert (out / "network.net").exists() and (out / "manifest.json").read_bytes() == first
     assert "fits one Loihi 2 chip" in r.stdout and "sc.lif" in r.stdout
+    assert not _leftovers(tmp_path)
 
 
 def test_unknown_target(ckpts, tmp_path):

@@ -57,6 +57,7 @@ netx conventions (read from lava-dl 0.6 ``lava/lib/dl/netx/hdf5.py``, ``utils.py
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -381,9 +382,16 @@ def _write_index(gr, graph: Graph) -> None:
 
 
 def _atomic_h5(path: Path, fill) -> Path:
+    # The HDF5 image is built in memory and written with one plain write: a full disk is then an
+    # OSError (ENOSPC) of that write, not an HDF5 library failure halfway through the file. The
+    # bytes equal those h5py writes to a file directly.
+    buf = io.BytesIO()
+    with h5py.File(buf, "w", track_order=True, libver=("earliest", "v110")) as f:
+        fill(f)
+    image = buf.getvalue()
+
     def write(tmp):
-        with h5py.File(tmp, "w", track_order=True, libver=("earliest", "v110")) as f:
-            fill(f)
+        tmp.write_bytes(image)
         os.chmod(tmp, 0o644)
     return atomic_write(path, write)
 
@@ -488,42 +496,55 @@ def _read_synapse(h, where: str) -> Synapse:
         meta=_loads(h["meta_json"][()].tobytes()))
 
 
-def read_lava(path) -> Graph:
+def read_lava(path, data: bytes | None = None) -> Graph:
     """Parse ``network.net`` (or its directory) back into an IR :class:`Graph`.
 
-    Parsing only; building Lava processes from the graph is ``hw_sim``'s job.
+    Parsing only; building Lava processes from the graph is ``hw_sim``'s job. ``data``: the
+    file's bytes, already read (and checked against the manifest) by the caller; ``path`` then
+    only names the file in messages.
 
     Raises
     ------
     ExportError
-        Not a file of this format/version, or a required field missing.
+        Not a file of this format/version, a required field missing, or a damaged file.
     """
     path = Path(path)
     if path.is_dir():
         path = path / FILE_NAME
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise ExportError(f"{path}: no Lava export here; run the exporter first")
     try:
-        f = h5py.File(path, "r")
+        f = h5py.File(io.BytesIO(data) if data is not None else path, "r")
     except OSError as exc:
         raise ExportError(f"{path}: not an HDF5 file ({exc})") from None
-    with f:
-        if f.attrs.get("format") != FORMAT or int(f.attrs.get("format_version", -1)) != FORMAT_VERSION:
-            raise ExportError(f"{path}: not a {FORMAT} v{FORMAT_VERSION} file "
-                              f"(format={f.attrs.get('format')!r}); re-export it")
-        gr = _need(f, "graph", str(path))
-        groups = {}
-        hg = _need(gr, "groups", str(path))
-        for i in range(len(hg)):
-            g = _read_group(hg[str(i)], f"{path}: /graph/groups/{i}")
-            groups[g.name] = g
-        syns = {}
-        hs = _need(gr, "synapses", str(path))
-        for i in range(len(hs)):
-            s = _read_synapse(hs[str(i)], f"{path}: /graph/synapses/{i}")
-            syns[s.name] = s
-        graph = Graph(groups=groups, synapses=syns,
-                      input_shape=tuple(int(x) for x in _need(gr, "input_shape", str(path))[()]),
-                      time_steps=int(_need(gr, "time_steps", str(path))[()]),
-                      meta=_loads(_need(gr, "meta_json", str(path))[()].tobytes()))
+    try:
+        with f:
+            return _read_graph(f, path)
+    except (OSError, KeyError, ValueError, TypeError, IndexError, AttributeError,
+            UnicodeDecodeError) as exc:  # h5py / numpy on a damaged file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"{path}: corrupt or unreadable Lava network file ({first[:200]}); "
+                          "re-export it") from None
+
+
+def _read_graph(f, path: Path) -> Graph:
+    """The graph of an open ``network.net`` (:func:`read_lava`)."""
+    if f.attrs.get("format") != FORMAT or int(f.attrs.get("format_version", -1)) != FORMAT_VERSION:
+        raise ExportError(f"{path}: not a {FORMAT} v{FORMAT_VERSION} file "
+                          f"(format={f.attrs.get('format')!r}); re-export it")
+    gr = _need(f, "graph", str(path))
+    groups = {}
+    hg = _need(gr, "groups", str(path))
+    for i in range(len(hg)):
+        g = _read_group(hg[str(i)], f"{path}: /graph/groups/{i}")
+        groups[g.name] = g
+    syns = {}
+    hs = _need(gr, "synapses", str(path))
+    for i in range(len(hs)):
+        s = _read_synapse(hs[str(i)], f"{path}: /graph/synapses/{i}")
+        syns[s.name] = s
+    graph = Graph(groups=groups, synapses=syns,
+                  input_shape=tuple(int(x) for x in _need(gr, "input_shape", str(path))[()]),
+                  time_steps=int(_need(gr, "time_steps", str(path))[()]),
+                  meta=_loads(_need(gr, "meta_json", str(path))[()].tobytes()))
     return graph.validate()
