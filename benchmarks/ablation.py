@@ -38,14 +38,14 @@ from mksgn.evaluate import evaluate  # noqa: E402
 
 # (name, label, config, distilled) in the paper's Table 1 order
 ROWS = [
-    ("base_sgn", "Base-SGN*", "configs/base_sgn_ucla_joint_narrow.json", False),
-    ("mksgn_1modal", "MK-SGN, 1 modality", "configs/mksgn_ucla_joint_narrow.json", False),
-    ("mksgn_1modal_kd", "MK-SGN, 1 modality + KD", "configs/mksgn_ucla_joint_narrow.json", True),
-    ("mksgn_4modal", "MK-SGN, 4 modalities", "configs/mksgn_ucla_4modal_share.json", False),
-    ("mksgn_4modal_kd", "MK-SGN, 4 modalities + KD", "configs/mksgn_ucla_4modal_share.json", True),
+    ("base_sgn", "Base-SGN*", "configs/base_sgn/ucla_joint.json", False),
+    ("mksgn_1modal", "MK-SGN, 1 modality", "configs/mksgn/ucla_joint_1_train.json", False),
+    ("mksgn_1modal_kd", "MK-SGN, 1 modality + KD", "configs/mksgn/ucla_joint_1_train.json", True),
+    ("mksgn_4modal", "MK-SGN, 4 modalities", "configs/mksgn/ucla_4modal.json", False),
+    ("mksgn_4modal_kd", "MK-SGN, 4 modalities + KD", "configs/mksgn/ucla_4modal.json", True),
     # the fusion rule as printed (eq. 22-23, train.smf_weights "paper"); the rows above use the
     # default eq. 22 shares (issue 16)
-    ("mksgn_4modal_kd_paper", "MK-SGN, 4 modalities + KD, eq. 23 as printed", "configs/mksgn_ucla_4modal_stable.json",
+    ("mksgn_4modal_kd_paper", "MK-SGN, 4 modalities + KD, eq. 23 as printed", "configs/mksgn/ucla_4modal_paper.json",
      True),
 ]
 COLUMNS = ["model", "Param (M)", "time steps", "modalities", "KD", "SOPs (G)", "FLOPs (G)", "energy (mJ)",

@@ -3,7 +3,7 @@ this machine — export time and peak RSS, Lava build+compile time, seconds per 
 process count, peak memory of the whole process tree as summed PSS, bit-exact verdict.
 
 Widths other than a shipped checkpoint's are random-init checkpoints built from
-``configs/mksgn_ucla_joint.json`` (no training needed: the graph and its size are what is
+``configs/mksgn/ucla_joint_width1.json`` (no training needed: the graph and its size are what is
 measured). Memory is the peak over the run of the summed PSS (``/proc/PID/smaps_rollup``) of
 this process and all its descendants — Lava forks one OS process per Lava process and the
 forked workers share pages, so summed RSS would count those pages many times over.
@@ -129,8 +129,8 @@ class PeakPss:
 
 
 def random_checkpoint(path: Path, width: float, seed: int = 0) -> Path:
-    """A random-init MK-SGN checkpoint of ``width`` from ``configs/mksgn_ucla_joint.json``."""
-    cfg = json.loads((ROOT / "configs" / "mksgn_ucla_joint.json").read_text())
+    """A random-init MK-SGN checkpoint of ``width`` from ``configs/mksgn/ucla_joint_width1.json``."""
+    cfg = json.loads((ROOT / "configs" / "mksgn" / "ucla_joint_width1.json").read_text())
     mcfg = dict(cfg["model"], width=width)
     torch.manual_seed(seed)
     model = build_model(ModelConfig.from_dict(mcfg))

@@ -7,7 +7,7 @@ Prints a table and writes JSON (default ``benchmarks/results/train_throughput.js
 Usage::
 
     python benchmarks/train_throughput.py [--data ../shared/data/nw-ucla] [--batches 6]
-        [--threads 2] [--configs configs/mksgn_ucla_joint.json ...]
+        [--threads 2] [--configs configs/mksgn/ucla_joint_width1.json ...]
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ from mksgn.train import load_config
 from mksgn.models import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIGS = ["mksgn_ucla_joint_narrow", "mksgn_ucla_joint", "base_sgn_ucla_joint_narrow",
-                   "base_sgn_ucla_joint", "ctrgcn_ucla_narrow"]
+DEFAULT_CONFIGS = ["mksgn/ucla_joint_1_train", "mksgn/ucla_joint_width1", "base_sgn/ucla_joint",
+                   "base_sgn/ucla_joint_width1", "ctrgcn/ucla_teacher"]
 
 
 def measure(config: Path, data: Path, batches: int, warmup: int = 1) -> dict:

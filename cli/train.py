@@ -14,7 +14,7 @@ from cli.common import run
                     "teacher from a JSON config on real clips, optionally distilled from four CTR-GCN streams "
                     "(--teacher). Writes <out>/last.pt after every epoch (resumable), <out>/model.pt at the end.")
 @click.option("--config", "config", type=click.Path(path_type=Path), required=True,
-              help="Model + training config, e.g. configs/mksgn_ucla_joint.json.")
+              help="Model + training config, e.g. configs/mksgn/ucla_joint_1_train.json.")
 @click.option("--data", type=click.Path(path_type=Path), required=True,
               help="Dataset folder, e.g. ../shared/data/nw-ucla.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,

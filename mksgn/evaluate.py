@@ -144,14 +144,14 @@ def load_teachers(paths, layout: str | None = None, num_classes: int | None = No
     if len(paths) != len(MODALITIES):
         raise ConfigError(f"--teacher: got {len(paths)} checkpoint(s); the 4-stream teacher needs exactly "
                           f"{len(MODALITIES)} CTR-GCN checkpoints, one per modality {list(MODALITIES)} "
-                          "(train each with mksgn-train --config configs/ctrgcn_ucla_narrow.json --modality M)")
+                          "(train each with mksgn-train --config configs/ctrgcn/ucla_teacher.json --modality M)")
     found, ref = {}, None
     for p in paths:
         model, ckpt = load_model(p)
         mc = ckpt["config"]["model"]
         if mc.get("arch") != "ctrgcn":
             raise ConfigError(f"--teacher {p}: not a CTR-GCN checkpoint (model.arch is {mc.get('arch')!r}); "
-                              "the teacher streams are CTR-GCN models (configs/ctrgcn_ucla_narrow.json)")
+                              "the teacher streams are CTR-GCN models (configs/ctrgcn/ucla_teacher.json)")
         mods = list(ckpt["data"].get("modalities", []))
         if len(mods) != 1 or mods[0] not in MODALITIES:
             raise ConfigError(f"--teacher {p}: a teacher stream has exactly one modality of {list(MODALITIES)}; "

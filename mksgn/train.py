@@ -454,7 +454,7 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
 
     Parameters
     ----------
-    config_path : path of a JSON config (``configs/*.json``)
+    config_path : path of a JSON config (``configs/<arch>/*.json``)
     data_root : dataset folder (e.g. ``../shared/data/nw-ucla``)
     out_dir : where ``last.pt``, ``model.pt`` and ``history.json`` go
     epochs : overrides ``train.epochs`` when given

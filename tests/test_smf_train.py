@@ -417,7 +417,7 @@ SINGLE_MODEL = {k: v for k, v in SMF_MODEL.items() if k != "fusion"}
 
 
 def test_encoder_adaptation_trains_only_the_spiking_coding(small_ucla, tmp_path):
-    """train.trainable ["sc."] (configs/mksgn_ucla_encoder_ft.json): a joint model's encoder is
+    """train.trainable ["sc."] (encoder adaptation): a joint model's encoder is
     adapted to the bone modality; every parameter outside sc.* is bit-identical afterwards, the
     encoder's changed, and the checkpoint says it is a bone model."""
     init = save_untrained(tmp_path / "joint.pt", SINGLE_MODEL, "joint", seed=1)
