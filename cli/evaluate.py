@@ -7,6 +7,7 @@ import click
 
 from mksgn.evaluate import evaluate
 from cli.common import run
+from mksgn.guard import integer, number, output_dir, output_file
 
 
 @click.command(help="Evaluate a checkpoint on real clips: top-1 (%), per-class accuracy, confusion "
@@ -38,6 +39,12 @@ def cli(checkpoint, data, split, json_path, plots_dir, analysis_clips, model_car
         raise click.UsageError("give either CHECKPOINT|EXPORT_DIR or --ensemble CKPT CKPT CKPT CKPT")
     if alphas and not ensemble:
         raise click.UsageError("--alphas only applies to --ensemble")
+    for a in alphas or ():  # checked before any clip is read
+        number(a, "--alphas", 0)
+    integer(analysis_clips, "--analysis-clips", 1)
+    output_file(json_path, "--json")
+    output_dir(plots_dir, "--plots")
+    output_file(model_card, "--model-card")
     if ensemble:
         from mksgn.evaluate import evaluate_ensemble
         r = evaluate_ensemble(list(ensemble), data, split, alphas or None, json_path)

@@ -7,6 +7,7 @@ import click
 import numpy as np
 
 from cli.common import run
+from mksgn.guard import integer, number, optional_output, output_dir, output_file
 
 from export.exporter import TARGETS, run_export
 from export.passes import SPLIT_KINDS
@@ -76,6 +77,15 @@ def qcheck(checkpoint, data, split, clips, calib_data, calib_clips, runs, eps, d
     import json
 
     from mksgn.checkpoint import atomic_write
+    # every number and output path is checked before the calibration and the runs
+    integer(clips, "--clips", 1)
+    integer(calib_clips, "--calib-clips", 1)
+    integer(runs, "--runs", 0, 10_000)
+    number(eps, "--eps", 0, 1, low_open=True)
+    integer(divergence_clips, "--divergence-clips", 1)
+    number(max_loss, "--max-loss", 0, 100)
+    output_file(json_path, "--json")
+    output_dir(plots_dir, "--plots")
 
     from export.sensitivity import DEFAULT_EPS, HOT_FACTOR, format_divergence, plot_quant_check, quant_check
     r = quant_check(checkpoint, data, split, calib_data, calib_clips, runs,
@@ -98,8 +108,8 @@ def qcheck(checkpoint, data, split, clips, calib_data, calib_clips, runs, eps, d
     if json_path:
         atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(r, indent=1)))
         click.echo(f"wrote {json_path}")
-    if plots_dir:
-        for p in plot_quant_check(r, plots_dir):
+    if plots_dir:  # optional: a failure is a warning and the verdict's exit status stands
+        for p in optional_output(lambda: plot_quant_check(r, plots_dir), f"plots in {plots_dir}") or ():
             click.echo(f"wrote {p}")
     if r["status"] == "loss":
         raise SystemExit(1)

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from cli.common import run
+from mksgn.guard import number, optional_output, output_dir, output_file
 
 from hw_sim.errors import SimError
 
@@ -28,13 +29,21 @@ from hw_sim.errors import SimError
               help="Seconds one chunk may run before the replay is declared stuck (default 300 + 30 per step).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def cli(export_dir, data, split, clips, report, plots, chunk, timeout_s, quiet):
-    from hw_sim.report import format_table
-    from hw_sim.simulate import simulate
+    from hw_sim.report import format_table, plot_report
+    from hw_sim.simulate import check_clips, simulate
+    # options and output paths are checked before the export is read and Lava compiles
+    check_clips(clips)
+    number(timeout_s, "--timeout", 0, 7 * 24 * 3600, low_open=True)
+    output_file(report, "--report")
+    output_dir(plots, "--plots")
     _, rep = simulate(export_dir, data, split, clips, chunk=chunk, timeout_s=timeout_s, report_path=report,
-                      plots_dir=plots, progress=not quiet)
+                      plots_dir=None, progress=not quiet)
     click.echo(format_table(rep))
     if report:
         click.echo(f"report: {report}")
+    if plots:  # after the verdict is printed and the report written; a failure is only a warning
+        for p in optional_output(lambda: plot_report(rep, plots), f"plots in {plots}") or ():
+            click.echo(f"wrote {p}")
     if not rep["bit_exact"]:
         raise SimError(f"Lava and the twin differ on {len(rep['mismatches'])} of {rep['clips']} clips: "
                        f"{rep['mismatches'][0]['message']}")
@@ -49,10 +58,13 @@ def energy_cli(reports, plot):
     if len(reports) < 2:
         raise SimError(f"mksgn-energy compares reports side by side and needs at least two "
                        f"report files; got {len(reports)}: {', '.join(map(str, reports))}")
+    output_file(plot, "--plot")
     loaded = list(zip(report_labels(reports), (load_report(p) for p in reports)))
     click.echo(compare_reports(loaded))
-    if plot is not None:
-        click.echo(f"wrote {plot_comparison(loaded, plot)}")
+    if plot is not None:  # the table is printed; a failing chart is a warning
+        written = optional_output(lambda: plot_comparison(loaded, plot), str(plot))
+        if written:
+            click.echo(f"wrote {written}")
 
 
 main = run(cli)

@@ -8,6 +8,7 @@ import click
 from mksgn.preprocess import MODALITIES
 from mksgn.train import train
 from cli.common import run
+from mksgn.guard import integer, output_dir
 
 
 @click.command(help="Train a spiking model (MK-SGN, the four-modality MK-SGN with SMF, or Base-SGN*) or the CTR-GCN "
@@ -33,6 +34,9 @@ from cli.common import run
               help="Train on the CPU or a CUDA GPU (overrides train.device, default cpu); checkpoints are "
                    "written with CPU tensors either way.")
 def cli(config, data, out_dir, epochs, no_resume, threads, modality, teachers, device):
+    integer(epochs, "--epochs", 1, 100_000)
+    integer(threads, "--threads", 1, 4096)
+    output_dir(out_dir, "--out")
     train(config, data, out_dir, epochs=epochs, resume=not no_resume, threads=threads, log=click.echo,
           modality=modality, teachers=list(teachers) or None, device=device)
 

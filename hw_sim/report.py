@@ -15,6 +15,8 @@ import math
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from mksgn.guard import read_limited
+
 from .errors import SimError
 
 PJ_PER_UJ = 1e6
@@ -26,6 +28,15 @@ REQUIRED_KEYS = ("layers", "energy_mj_measured_per_clip")
 REQUIRED_LAYER_KEYS = ("name", "energy_pj_measured", "energy_pj_analytic")
 
 _NA = "n/a"
+#: Largest report file read, in bytes.
+REPORT_LIMIT = 64 << 20
+#: Top-level numbers that must be finite and >= 0 when present (energies, events, counts, rates).
+_NONNEG_KEYS = ("energy_mj_measured_per_clip", "energy_mj_analytic_per_clip", "synaptic_events_per_clip",
+                "analytic_sops_per_clip", "host_macs_per_clip", "lava_top1", "twin_top1")
+
+
+def _nonneg(x) -> bool:
+    return _is_number(x) and math.isfinite(x) and x >= 0
 
 
 # ----------------------------------------------------------------------------- loading
@@ -57,15 +68,19 @@ def load_report(path: str | Path) -> dict:
         raise SimError(f"{path}: no such file; {hint}")
     if path.is_dir():
         raise SimError(f"{path}: is a folder, not a report file; {hint}")
+    # a regular file of at most REPORT_LIMIT bytes (never /dev/zero or a pipe read without end)
+    raw = read_limited(path, "a replay report", REPORT_LIMIT, error=SimError)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise SimError(f"{path}: cannot be read ({exc}); {hint}") from None
     try:
         report = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SimError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
                        f"{hint}") from None
+    except RecursionError:
+        raise SimError(f"{path}: JSON nested too deeply; {hint}") from None
     if not isinstance(report, dict):
         raise SimError(f"{path}: holds a JSON {type(report).__name__}, not an object; {hint}")
     missing = [k for k in REQUIRED_KEYS if k not in report]
@@ -77,6 +92,13 @@ def load_report(path: str | Path) -> dict:
     if not _is_number(report["energy_mj_measured_per_clip"]):
         raise SimError(f"{path}: 'energy_mj_measured_per_clip' is "
                        f"{report['energy_mj_measured_per_clip']!r}, not a number; {hint}")
+    # NaN, inf and negative energies, counts or rates are corrupt, never printed as results
+    for key, value in report.items():
+        if key in _NONNEG_KEYS and value is not None and not _nonneg(value):
+            raise SimError(f"{path}: {key!r} is {value!r}, not a finite number >= 0; {hint}")
+    if "clips" in report and (not isinstance(report["clips"], int) or isinstance(report["clips"], bool)
+                              or report["clips"] < 1):
+        raise SimError(f"{path}: 'clips' is {report['clips']!r}; a report covers at least 1 clip; {hint}")
     layers = report["layers"]
     if not isinstance(layers, list) or not layers:
         raise SimError(f"{path}: 'layers' must be a non-empty list of per-layer rows; {hint}")
@@ -90,6 +112,9 @@ def load_report(path: str | Path) -> dict:
         for k in ("energy_pj_measured", "energy_pj_analytic"):
             if not _is_number(row[k]):
                 raise SimError(f"{path}: layers[{i}] ({row['name']}) {k!r} is {row[k]!r}, not a number")
+            if not _nonneg(row[k]):
+                raise SimError(f"{path}: layers[{i}] ({row['name']}) {k!r} is {row[k]!r}, not a finite "
+                               "number >= 0")
     return report
 
 

@@ -18,7 +18,25 @@ from mksgn.data import SkeletonDataset
 from .errors import SimError
 from .replay import ReplayResult, replay
 
-__all__ = ["load_clips", "simulate"]
+__all__ = ["load_clips", "simulate", "check_clips"]
+
+
+def check_clips(clips) -> int | str:
+    """``--clips``: ``"all"`` or an integer >= 1 (checked before anything is read).
+
+    Raises
+    ------
+    SimError
+    """
+    if clips == "all":
+        return clips
+    try:
+        n = int(clips)
+    except (TypeError, ValueError, OverflowError):
+        raise SimError(f"--clips must be a number or 'all', got {clips!r}") from None
+    if n < 1:
+        raise SimError(f"--clips must be at least 1, got {n}")
+    return n
 
 
 def load_clips(manifest: dict, data_root, split: str, clips) -> tuple[torch.Tensor, np.ndarray]:
@@ -42,16 +60,8 @@ def load_clips(manifest: dict, data_root, split: str, clips) -> tuple[torch.Tens
     ds = SkeletonDataset(data_root, split, d["modalities"], d.get("protocol"), train=False, progress=False)
     if ds.layout.name != d["layout"]:
         raise SimError(f"the export was made for layout {d['layout']!r}, but {data_root} is {ds.layout.name!r}")
-    if clips == "all":
-        n = len(ds)
-    else:
-        try:
-            n = int(clips)
-        except (TypeError, ValueError):
-            raise SimError(f"--clips must be a number or 'all', got {clips!r}") from None
-        if n < 1:
-            raise SimError(f"--clips must be at least 1, got {n}")
-        n = min(n, len(ds))
+    n = check_clips(clips)
+    n = len(ds) if n == "all" else min(n, len(ds))
     items = [ds[i] for i in range(n)]
     mods = input_modalities(d)
     x = torch.stack([graph_input(it[0], mods) for it in items])
@@ -76,6 +86,9 @@ def simulate(export_dir, data_root, split: str = "test", clips="8", chunk: int =
         Lava failed or got stuck, or the data does not fit the export.
     """
     from export.evaluate import load_export_graph
+    from mksgn.guard import number
+    number(timeout_s, "--timeout", 0, 7 * 24 * 3600, low_open=True, error=SimError)
+    check_clips(clips)
     export_dir = Path(export_dir)
     graph, manifest = load_export_graph(export_dir)
     x, labels = load_clips(manifest, data_root, split, clips)
@@ -88,7 +101,9 @@ def simulate(export_dir, data_root, split: str = "test", clips="8", chunk: int =
     report.update({"export": str(export_dir), "split": split, "class_names": list(manifest["class_names"])})
     if report_path:
         atomic_write(Path(report_path), lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
-    if plots_dir:
+    if plots_dir:  # optional: the result above stands if the plots fail (a warning on stderr)
+        from mksgn.guard import optional_output
+
         from .report import plot_report
-        plot_report(report, plots_dir)
+        optional_output(lambda: plot_report(report, plots_dir), f"plots in {plots_dir}")
     return result, report

@@ -35,7 +35,9 @@ from tqdm import tqdm
 from .checkpoint import checkpoint_fusion_rule, git_revision, load_checkpoint, load_state, save_checkpoint
 from .data import SkeletonDataset
 from .distill import DEFAULT_ALPHAS, Distiller
+from .config_check import check_document, check_train_values
 from .errors import ConfigError
+from .guard import read_limited
 from .evaluate import evaluate_logits, load_teachers, model_input, to_device
 from .models import ModelConfig, build_model
 from .models.smf import FUSION_RULES
@@ -191,10 +193,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"the train section must be a JSON object, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown train setting(s) {unknown}; known: {sorted(known)}")
+        check_train_values(d)  # types and ranges, the key named (mksgn.config_check)
         cfg = cls(**d)
 
         def num(v):
@@ -290,15 +295,19 @@ def load_config(path: str | Path) -> tuple[ModelConfig, TrainConfig]:
         Missing file, invalid JSON, missing section, unknown key or bad value.
     """
     path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found (see configs/ for examples)")
+    raw = read_limited(path, "a config file", error=ConfigError)
     try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found (see configs/ for examples)") from None
+        doc = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: invalid JSON ({exc.msg}, line {exc.lineno})") from None
-    if not isinstance(doc, dict) or "model" not in doc or "train" not in doc:
-        raise ConfigError(f'{path}: expected an object with "model" and "train" sections')
+    except RecursionError:
+        raise ConfigError(f"{path}: JSON nested too deeply") from None
     try:
+        check_document(doc)  # only model/train, num_classes fits the layout's dataset
         return ModelConfig.from_dict(doc["model"]), TrainConfig.from_dict(doc["train"])
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None

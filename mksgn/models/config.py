@@ -1,6 +1,7 @@
 """Model configuration: one frozen dataclass, validated on construction."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from ..errors import ConfigError
@@ -86,17 +87,17 @@ class ModelConfig:
         def is_int(v):
             return isinstance(v, int) and not isinstance(v, bool)
 
-        def is_num(v):
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
+        def is_num(v):  # finite: NaN fails every range below, inf would pass "> 0"
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
         check("arch", self.arch in ARCHS, f"one of {list(ARCHS)}")
         check("layout", self.layout in LAYOUTS, f"one of {sorted(LAYOUTS)}")
-        check("num_classes", is_int(self.num_classes) and self.num_classes >= 1, "an integer >= 1")
-        check("in_channels", is_int(self.in_channels) and self.in_channels >= 1, "an integer >= 1")
-        check("time_steps", is_int(self.time_steps) and self.time_steps >= 1, "an integer >= 1")
-        check("width", is_num(self.width) and self.width > 0, "a number > 0")
-        check("temporal_kernel", is_int(self.temporal_kernel) and self.temporal_kernel >= 1
-              and self.temporal_kernel % 2 == 1, "an odd integer >= 1")
+        check("num_classes", is_int(self.num_classes) and 1 <= self.num_classes <= 100_000, "an integer in [1, 100000]")
+        check("in_channels", is_int(self.in_channels) and 1 <= self.in_channels <= 64, "an integer in [1, 64]")
+        check("time_steps", is_int(self.time_steps) and 1 <= self.time_steps <= 1024, "an integer in [1, 1024]")
+        check("width", is_num(self.width) and 0 < self.width <= 64, "a number in (0, 64]")
+        check("temporal_kernel", is_int(self.temporal_kernel) and 1 <= self.temporal_kernel <= 63
+              and self.temporal_kernel % 2 == 1, "an odd integer in [1, 63]")
         check("dropout", is_num(self.dropout) and 0 <= self.dropout < 1, "a number in [0, 1)")
         check("attention_shift", is_int(self.attention_shift) and 0 <= self.attention_shift <= 16,
               "an integer in [0, 16]")
@@ -104,7 +105,7 @@ class ModelConfig:
         check("threshold", is_num(self.threshold) and self.threshold > 0, "a number > 0")
         check("surrogate_width", is_num(self.surrogate_width) and self.surrogate_width > 0, "a number > 0")
         check("coding_channels", self.coding_channels is None
-              or (is_int(self.coding_channels) and self.coding_channels >= 1), "null or an integer >= 1")
+              or (is_int(self.coding_channels) and 1 <= self.coding_channels <= 65536), "null or an integer in [1, 65536]")
         check("fusion", self.fusion in FUSIONS, f"one of {list(FUSIONS)}")
         if self.fusion != "none" and self.arch != "mksgn":
             raise ConfigError(f"model config: fusion={self.fusion!r} needs arch 'mksgn' (the SMF front end "
