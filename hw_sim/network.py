@@ -20,7 +20,8 @@ attention (SG-SA)          ``Sparse`` → ``ProdNeuron`` → ``Sparse`` →     
 readout FC                 ``Dense`` → non-spiking ``LIFReset`` (du 4095, dv 0,  stock
                            bias ``64·b``, vth out of reach); logits = ``v >> 6``
                            at each clip's last step
-balancing delay            ``SpikeDelay`` in front of the synapse                own (= ``DelaySparse``)
+balancing delay            one ``multi_delay`` process: a line per (source,      own (= ``DelaySparse``)
+                           delay) in front of its synapses
 recording                  one ``multi_probe`` process: every group's spikes,    own (instruments)
                            u, v; counts / values of relays and attention
 =========================  ====================================================  =============
@@ -374,7 +375,7 @@ def build_network(graph: Graph, coords: np.ndarray, chunk: int = 4, shared: bool
 
     from .attention import build_attention
     from .probes import multi_probe
-    from .processes import SpikeDelay
+    from .processes import multi_delay
 
     if not graph.quantised:
         raise SimError("the graph is not quantised; replay an export directory written by mksgn-export")
@@ -433,20 +434,35 @@ def build_network(graph: Graph, coords: np.ndarray, chunk: int = 4, shared: bool
     data[:, :N * P] = np.repeat(coords.T, P, axis=1)
     net.source = RingBuffer(data=data)
 
+    def check_delay(s, u, d):
+        if not 0 <= d <= fx.MAX_DELAY:
+            raise SimError(f"synapse {s.name}: delay {d} from {u} is outside Loihi's 0..{fx.MAX_DELAY}")
+
+    # ---------------------------------------------------------------- delay lines
+    for s in graph.synapses.values():
+        for u in s.sources:
+            if u != INPUT:
+                check_delay(s, u, int(s.meta["delays"][u]))
+    # one line per (source group, delay) that some synapse needs, all in one process
+    lines = sorted({(u, int(s.meta["delays"][u])) for s in graph.synapses.values() for u in s.sources
+                    if u != INPUT and int(s.meta["delays"][u]) > 0},
+                   key=lambda ud: (list(graph.groups).index(ud[0]), ud[1]))
+    line_port = {}
+    if lines:
+        delays, model = multi_delay([(int(np.prod(net.shapes[u])), d) for u, d in lines])
+        for i, (u, d) in enumerate(lines):
+            net.lif[u].s_out.connect(getattr(delays, f"in{i}"))
+            line_port[(u, d)] = getattr(delays, f"out{i}")
+        net.processes["delays"] = delays
+        net.model_map[delays] = model  # looked up by instance (lava compiler_graphs.py)
+
     def spike_source(u: str, d: int):
         """OutPort carrying group u's spikes delayed by d steps (one shared line per (u, d))."""
         if d == 0:
             return net.lif[u].s_out
-        key = f"delay{d}:{u}"
-        if key not in net.processes:
-            line = SpikeDelay(n=int(np.prod(net.shapes[u])), delay=d, name=key)
-            net.lif[u].s_out.connect(line.s_in)
-            net.processes[key] = line
-        return net.processes[key].s_out
-
-    def check_delay(s, u, d):
-        if not 0 <= d <= fx.MAX_DELAY:
-            raise SimError(f"synapse {s.name}: delay {d} from {u} is outside Loihi's 0..{fx.MAX_DELAY}")
+        if (u, d) not in line_port:
+            raise SimError(f"no delay line of {d} steps from {u}; the synapse delays changed during the build")
+        return line_port[(u, d)]
 
     def sparse(s, u, mat, label, weight_exp, graded=False):
         if not np.array_equal(fx.truncate_weights(mat.data.astype(np.int64)), mat.data):

@@ -2,9 +2,9 @@
 only; everything that computes the network is a stock lava-nc process (see
 :mod:`hw_sim.network` for the table).
 
-* :class:`SpikeDelay` — a spike delay line of ``delay`` steps in front of a synapse: with a
-  ``Sparse`` behind it, it is lava's ``DelaySparse`` with one delay for every synapse
-  (``tests/test_lava_mapping.py`` compares the two step by step). lava-nc 0.10's
+* :func:`multi_delay` — one process holding every spike delay line (``d`` steps in front of a
+  synapse): with a ``Sparse`` behind it, a line is lava's ``DelaySparse`` with one delay for
+  every synapse (``tests/test_lava_mapping.py`` compares the two step by step). lava-nc 0.10's
   ``PyDelaySparseModelBitAcc`` rebuilds its delay-stacked weight matrix every step (with a
   CSR fancy assignment over all non-zeros), which made a 3-clip replay of a width-0.125
   MK-SGN run for more than 10 minutes; the delay line costs a copy per step. Delays are free
@@ -45,42 +45,64 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from lava.proc.conv import utils as conv_utils
 from lava.proc.conv.process import Conv
 
-__all__ = ["SpikeDelay", "PyConvModelFixedFast", "open_trace", "PROBE_FILES"]
+__all__ = ["multi_delay", "PyConvModelFixedFast", "open_trace", "PROBE_FILES"]
 
 
-class SpikeDelay(AbstractProcess):
-    """Delay a spike vector by ``delay`` ≥ 1 steps (own process; see the module docstring).
+def multi_delay(lines: list):
+    """ONE process holding every balancing delay line of the network (own stand-in).
 
-    Ports: ``s_in``, ``s_out`` of ``(n,)``. Output at step τ = input at step τ − delay
-    (zeros before).
+    Line ``i`` delays the spike vector on port ``in{i}`` ``(n_i,)`` by ``d_i ≥ 1`` steps onto
+    ``out{i}``: output at step τ = input at step τ − d_i (zeros before). With a ``Sparse``
+    behind it, a line is lava's ``DelaySparse`` with delay ``d_i`` on every synapse
+    (``tests/test_lava_mapping.py`` compares them step by step). One process for all lines
+    instead of one per (source, delay) because every Lava process is an OS process (≈ 15 MB
+    private memory and a share of every step's barrier each) and lava-nc 0.10 cannot
+    concatenate ports; the lines are independent, so merging them is exact. The model sends
+    every line's output before it receives any input, so no line waits on another.
+
+    Parameters
+    ----------
+    lines : list of ``(n, d)`` — size and delay (steps) of each line
+
+    Returns
+    -------
+    ``(process, model_class)`` — connect ``in{i}`` / ``out{i}``; run with
+    ``exception_proc_model_map={process: model_class}``.
 
     Raises
     ------
     ValueError
-        ``delay < 1``.
+        A delay below 1 or no lines.
     """
+    layout = tuple((int(n), int(d)) for n, d in lines)
+    if not layout or any(d < 1 for _, d in layout):
+        raise ValueError(f"multi_delay needs at least one line and delays >= 1, got {layout}")
 
-    def __init__(self, *, n: int, delay: int, name=None):
-        if delay < 1:
-            raise ValueError("SpikeDelay needs delay >= 1")
-        super().__init__(delay=int(delay), name=name)
-        self.s_in = InPort(shape=(n,))
-        self.s_out = OutPort(shape=(n,))
-        self.line = Var(shape=(delay, n), init=0)
+    def __init__(self, *, name=None):
+        super(cls, self).__init__(layout=layout, name=name)
+        for i, (n, d) in enumerate(layout):
+            setattr(self, f"in{i}", InPort(shape=(n,)))
+            setattr(self, f"out{i}", OutPort(shape=(n,)))
+            setattr(self, f"line{i}", Var(shape=(d, n), init=0))
 
-
-@implements(proc=SpikeDelay, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("fixed_pt")
-class PySpikeDelayModelFixed(PyLoihiProcessModel):
-    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=1)
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=1)
-    line: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=1)
+    cls = type("MultiDelay", (AbstractProcess,), {"__init__": __init__, "__module__": __name__})
 
     def run_spk(self):
-        row = (self.time_step - 1) % self.proc_params["delay"]
-        self.s_out.send(self.line[row].copy())
-        self.line[row] = self.s_in.recv()
+        lines = [(getattr(self, f"line{i}"), (self.time_step - 1) % d)
+                 for i, (_, d) in enumerate(self.proc_params["layout"])]
+        for i, (line, row) in enumerate(lines):
+            getattr(self, f"out{i}").send(line[row].copy())
+        for i, (line, row) in enumerate(lines):
+            line[row] = getattr(self, f"in{i}").recv()
+
+    attrs = {"run_spk": run_spk, "__module__": __name__}
+    for i in range(len(layout)):
+        attrs[f"in{i}"] = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=1)
+        attrs[f"out{i}"] = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=1)
+        attrs[f"line{i}"] = LavaPyType(np.ndarray, np.int32, precision=1)
+    model = type("PyMultiDelayModelFixed", (PyLoihiProcessModel,), attrs)
+    model = implements(proc=cls, protocol=LoihiProtocol)(requires(CPU)(tag("fixed_pt")(model)))
+    return cls(name="delays"), model
 
 
 PROBE_FILES = {"spikes": np.int8, "u": np.int32, "v": np.int32}

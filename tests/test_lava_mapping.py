@@ -61,43 +61,58 @@ def test_fast_conv_model_equals_the_stock_conv_model(kernel, stride, pad, graded
         assert np.abs(outs[0]).max() >= 2 ** 22  # the wrap range was exercised
 
 
-def test_spike_delay_plus_sparse_equals_delay_sparse():
-    """SpikeDelay(d) + Sparse (own delay line) equals lava's DelaySparse with delay d on every
-    synapse, step by step."""
+def test_multi_delay_plus_sparse_equals_delay_sparse():
+    """Each line of the one delay process (own, multi_delay) + Sparse equals lava's DelaySparse
+    with that delay on every synapse, step by step: two lines of different delays (3 and 1)
+    from one source into the two halves of one sink, so a swapped, shared or off-by-one line
+    shows."""
     from scipy import sparse as sp
     from lava.proc.io.sink import RingBuffer as Sink
     from lava.proc.io.source import RingBuffer
     from lava.proc.sparse.process import DelaySparse, Sparse
-    from hw_sim.processes import SpikeDelay
+    from hw_sim.processes import multi_delay
     rng = np.random.default_rng(2)
-    n_in, n_out, steps, d = 12, 7, 12, 3
+    n_in, n_out, steps, ds = 12, 7, 12, (3, 1)
     data = (rng.random((n_in, steps)) < 0.5).astype(np.int32)
-    w = sp.random(n_out, n_in, density=0.4, random_state=3, data_rvs=lambda k: rng.integers(1, 60, k) * 2).tocsr()
-    w.data = w.data.astype(np.int32)
-    delays = w.copy()
-    delays.data = np.full(delays.nnz, d, dtype=int)
+
+    def half(k):  # weights into rows k*n_out .. (k+1)*n_out - 1 of the sink
+        w = sp.random(n_out, n_in, density=0.4, random_state=3 + k,
+                      data_rvs=lambda m: rng.integers(1, 60, m) * 2).tocoo()
+        return sp.csr_matrix((w.data.astype(np.int32), (w.row + k * n_out, w.col)), shape=(2 * n_out, n_in))
+
+    ws = [half(0), half(1)]
 
     def ours():
         src = RingBuffer(data=data)
-        line = SpikeDelay(n=n_in, delay=d)
-        syn = Sparse(weights=w, num_weight_bits=8)
-        sink = Sink(shape=(n_out,), buffer=steps)
-        src.s_out.connect(line.s_in)
-        line.s_out.connect(syn.s_in)
-        syn.a_out.connect(sink.a_in)
-        return src, sink, {}
+        lines, model = multi_delay([(n_in, d) for d in ds])
+        sink = Sink(shape=(2 * n_out,), buffer=steps)
+        for i, w in enumerate(ws):
+            syn = Sparse(weights=w, num_weight_bits=8)
+            src.s_out.connect(getattr(lines, f"in{i}"))
+            getattr(lines, f"out{i}").connect(syn.s_in)
+            syn.a_out.connect(sink.a_in)
+        return src, sink, {"exception_proc_model_map": {lines: model}}
 
     def stock():
         src = RingBuffer(data=data)
-        syn = DelaySparse(weights=w, delays=delays, num_weight_bits=8)
-        sink = Sink(shape=(n_out,), buffer=steps)
-        src.s_out.connect(syn.s_in)
-        syn.a_out.connect(sink.a_in)
+        sink = Sink(shape=(2 * n_out,), buffer=steps)
+        for d, w in zip(ds, ws):
+            delays = w.copy()
+            delays.data = np.full(delays.nnz, d, dtype=int)
+            syn = DelaySparse(weights=w, delays=delays, num_weight_bits=8)
+            src.s_out.connect(syn.s_in)
+            syn.a_out.connect(sink.a_in)
         return src, sink, {}
 
     a, b = _run(ours, steps), _run(stock, steps)
-    assert np.abs(a).sum() > 0
+    assert np.abs(a[:n_out]).sum() > 0 and np.abs(a[n_out:]).sum() > 0
     assert np.array_equal(a, b)
+
+
+def test_multi_delay_refuses_a_zero_delay():
+    from hw_sim.processes import multi_delay
+    with pytest.raises(ValueError, match="delays >= 1"):
+        multi_delay([(4, 2), (3, 0)])
 
 
 def test_shared_fan_out_equals_the_unrolled_matrix():
