@@ -83,7 +83,8 @@ except ImportError:  # pragma: no cover
 __all__ = [
     "DECAY_SHIFT", "DECAY_UNITY", "VTH_SHIFT", "ACT_SHIFT", "UV_BITS", "MAX_UV",
     "V_MIN", "V_MAX", "DS_OFFSET", "DM_OFFSET", "WEIGHT_BITS", "MAX_WEIGHT_BITS",
-    "DECAY_BITS", "DU_MAX", "DV_MAX", "A_IN_BITS", "A_IN_MIN", "A_IN_MAX", "VTH_BITS", "VTH_MAX",
+    "DECAY_BITS", "DU_MAX", "DV_MAX", "A_IN_BITS", "A_IN_MIN", "A_IN_MAX", "INPUT_BITS", "INPUT_MAX",
+    "VTH_BITS", "VTH_MAX",
     "BIAS_MANT_BITS", "BIAS_MANT_MIN", "BIAS_MANT_MAX", "BIAS_EXP_BITS", "BIAS_EXP_MAX",
     "WEIGHT_EXP_MIN", "WEIGHT_EXP_MAX", "CONV_OUT_BITS", "MAX_DELAY",
     "MIXED", "EXCITATORY", "INHIBITORY",
@@ -127,6 +128,10 @@ A_IN_BITS = 16
 #: Hardware range of a_in (int16); the twin counts inputs outside it as saturation events.
 A_IN_MIN = -(2 ** (A_IN_BITS - 1))
 A_IN_MAX = 2 ** (A_IN_BITS - 1) - 1
+#: Host-side input coordinates (the graded payload the input ``RingBuffer`` sends) are signed
+#: 16-bit integers ``round(x · 2^input_frac_bits)``; ``INPUT_MAX`` is their largest magnitude.
+INPUT_BITS = 16
+INPUT_MAX = 2 ** (INPUT_BITS - 1) - 1
 #: vth is unsigned 17-bit (``PyLifModelBitAcc.vth`` precision 17).
 VTH_BITS = 17
 VTH_MAX = 2 ** VTH_BITS - 1

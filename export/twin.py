@@ -63,8 +63,8 @@ def quantise_input(x: torch.Tensor, frac_bits: int) -> torch.Tensor:
         If a value does not fit 16 signed bits at this resolution.
     """
     q = torch.round(x.double() * (2.0 ** frac_bits))
-    if q.abs().max() > 2 ** 15 - 1:
-        raise ExportError(f"input coordinate {float(x.abs().max()):.3f} m does not fit 16 bits at "
+    if q.abs().max() > fx.INPUT_MAX:
+        raise ExportError(f"input coordinate {float(x.abs().max()):.3f} m does not fit {fx.INPUT_BITS} bits at "
                           f"2^-{frac_bits} m resolution")
     return q
 

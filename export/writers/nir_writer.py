@@ -155,7 +155,7 @@ def to_nir(graph: Graph) -> nir.NIRGraph:
         if g.dv == 0:
             raise ExportError(f"{name}: dv = 0 (no leak) has no finite tau_mem in NIR CubaLIF")
         if g.du != DU_MAX and np.any(np.asarray(g.bias_mant) != 0):
-            raise ExportError(f"{name}: bias with du = {g.du} < 4095 cannot enter through the "
+            raise ExportError(f"{name}: bias with du = {g.du} < {DU_MAX} cannot enter through the "
                               "synaptic current exactly")
         shp = nir_layout_shape(g.shape)
         tau_syn = DECAY_UNITY / (g.du + 1)
