@@ -57,8 +57,11 @@ def run(command: click.Command, families: tuple = (MksgnError,)) -> Callable[[],
             except families as exc:
                 click.echo(f"error: {exc}", err=True)
                 sys.exit(EXIT_USER_ERROR)
-            except click.exceptions.Abort:
-                click.echo("aborted", err=True)
+            except click.exceptions.Abort as exc:  # click turns KeyboardInterrupt (and so SIGTERM) into Abort
+                if isinstance(exc.__context__, Terminated) or (seen and seen[-1] == signal.SIGTERM):
+                    click.echo("terminated", err=True)
+                    sys.exit(EXIT_TERMINATED)
+                click.echo("interrupted" if seen else "aborted", err=True)
                 sys.exit(EXIT_INTERRUPTED)
             except click.UsageError as exc:
                 hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""

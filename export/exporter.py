@@ -361,7 +361,7 @@ def verified_bytes(path: str | Path, name: str, manifest: dict) -> bytes:
         raise ExportError(f"{path}: {name} is not listed in manifest.json, so it cannot be verified; re-export")
     f = path / name
     if f.is_symlink() or not f.is_file():
-        raise ExportError(f"{path}: {name} listed in manifest.json is missing")
+        raise ExportError(f"{path}: {name} listed in manifest.json is missing or not a regular file")
     try:
         data = f.read_bytes()
     except OSError as exc:
@@ -401,7 +401,7 @@ def verify_export_dir(path: str | Path) -> dict:
     for name, digest in manifest["files"].items():
         f = path / name
         if f.is_symlink() or not f.is_file():
-            raise ExportError(f"{path}: {name} listed in manifest.json is missing")
+            raise ExportError(f"{path}: {name} listed in manifest.json is missing or not a regular file")
         if sha256_file(f) != digest:
             raise ExportError(f"{path}: {name} does not match its sha256 in manifest.json "
                               "(modified or corrupt); re-export")

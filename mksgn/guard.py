@@ -90,7 +90,7 @@ def _writable_ancestor(path: Path, name: str, error: type) -> None:
 
 
 def output_file(path, name: str, error: type = OptionError) -> Path | None:
-    """Check that a file can be written at ``path`` (missing parents are created later)."""
+    """Check that a file can be written at ``path``: its folder exists and is writable."""
     if path is None:
         return None
     path = Path(path)
@@ -98,12 +98,16 @@ def output_file(path, name: str, error: type = OptionError) -> Path | None:
         raise error(f"{name} {path}: is a folder; give a file name")
     if path.exists() and not path.is_file():
         raise error(f"{name} {path}: exists and is not a regular file")
-    _writable_ancestor(path.parent, name, error)
+    parent = path.parent
+    if not parent.exists():
+        raise error(f"{name} {path}: folder {parent} does not exist")
+    _writable_ancestor(parent, name, error)
     return path
 
 
 def output_dir(path, name: str, error: type = OptionError) -> Path | None:
-    """Check that files can be written into the folder ``path`` (created if missing)."""
+    """Check that files can be written into the folder ``path``: it is a writable folder, or it
+    can be created (its nearest existing ancestor is a writable folder)."""
     if path is None:
         return None
     path = Path(path)
