@@ -35,7 +35,7 @@ _weight_split_option = click.option(
               show_default=True, help="Dataset folder whose training clips calibrate the per-layer scales.")
 @click.option("--calib-clips", type=int, default=64, show_default=True,
               help="Number of training clips used for calibration.")
-@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--force", is_flag=True, help="Replace a previous export in the output directory (a folder holding only an export's manifest.json and its files; never the working folder or one holding the inputs).")
 @_weight_split_option
 def cli(checkpoint, target, out_dir, calib_data, calib_clips, force, weight_split):
     summary = run_export(checkpoint, target, out_dir, calib_data, calib_clips, force,
