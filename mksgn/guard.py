@@ -72,19 +72,21 @@ def integer(value, name: str, low: int | None = None, high: int | None = None, e
     return value
 
 
-def _writable_ancestor(path: Path, name: str, error: type) -> None:
-    """The nearest existing ancestor of ``path`` must be a folder we can create files in."""
+def _writable_ancestor(path: Path, name: str, error: type, shown: Path | None = None) -> None:
+    """The nearest existing ancestor of ``path`` must be a folder we can create files in;
+    messages name ``shown`` (the output the user gave), default ``path``."""
+    shown = path if shown is None else shown
     probe = path
     while not probe.exists():
         if probe.parent == probe:
             break
         probe = probe.parent
     if not probe.is_dir():
-        raise error(f"{name} {path}: cannot be created, {probe} is not a folder")
+        raise error(f"{name} {shown}: cannot be created, {probe} is not a folder")
     try:
         fd, tmp = tempfile.mkstemp(prefix=".mksgn-probe.", dir=probe)
     except OSError as exc:
-        raise error(f"{name} {path}: cannot write in {probe} ({exc.strerror or exc})") from None
+        raise error(f"{name} {shown}: cannot write in {probe} ({exc.strerror or exc})") from None
     os.close(fd)
     os.unlink(tmp)
 
@@ -101,7 +103,7 @@ def output_file(path, name: str, error: type = OptionError) -> Path | None:
     parent = path.parent
     if not parent.exists():
         raise error(f"{name} {path}: folder {parent} does not exist")
-    _writable_ancestor(parent, name, error)
+    _writable_ancestor(parent, name, error, shown=path)
     return path
 
 
