@@ -175,12 +175,26 @@ class LavaNetwork:
         SimError
             Lava raised, or the run did not finish within ``timeout_s`` seconds.
         """
+        self.wait(self.start_steps(steps), timeout_s)
+
+    def start_steps(self, steps: int) -> dict:
+        """Start running ``steps`` Lava steps in a worker thread and return at once; the host
+        may compute meanwhile (the replay runs the twin of the chunk). Finish with
+        :meth:`wait`. The first call compiles and forks the Lava processes: callers should not
+        run other threads then (forking a process whose other threads hold locks can
+        deadlock the children), which is why :func:`hw_sim.replay.replay` overlaps only
+        from the second chunk on.
+
+        Returns
+        -------
+        dict — the handle for :meth:`wait`
+        """
         from lava.magma.core.run_conditions import RunSteps
         from lava.magma.core.run_configs import Loihi2SimCfg
         from lava.proc.conv.process import Conv
 
         from .processes import PyConvModelFixedFast
-        box = {}
+        box = {"steps": steps, "t0": time.monotonic()}
         cfg = Loihi2SimCfg(select_tag="fixed_pt",
                            exception_proc_model_map={Conv: PyConvModelFixedFast, **self.model_map})
 
@@ -198,9 +212,20 @@ class LavaNetwork:
             gc.collect()
             gc.freeze()
         self.started = True
-        worker = threading.Thread(target=target, daemon=True)
-        worker.start()
-        worker.join(timeout_s)
+        box["worker"] = threading.Thread(target=target, daemon=True)
+        box["worker"].start()
+        return box
+
+    def wait(self, box: dict, timeout_s: float) -> None:
+        """Wait for a run started by :meth:`start_steps`; ``timeout_s`` counts from its start.
+
+        Raises
+        ------
+        SimError
+            Lava raised, or the run did not finish within ``timeout_s`` seconds.
+        """
+        steps, worker = box["steps"], box["worker"]
+        worker.join(max(0.0, timeout_s - (time.monotonic() - box["t0"])))
         if worker.is_alive():
             raise SimError(f"the Lava run of {steps} steps (from step {self.steps_run}) did not finish "
                            f"within {timeout_s:.0f} s; the simulator looks stuck. Raise --timeout if "
