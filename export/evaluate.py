@@ -23,6 +23,8 @@ from mksgn.guard import optional_output
 from .errors import ExportError
 from .exporter import verified_bytes, verify_export_dir
 from .pipeline import graph_input, input_modalities
+from .twin import run_graph
+from .writers.lava_writer import read_lava
 
 __all__ = ["load_export_graph", "evaluate_export"]
 
@@ -40,7 +42,6 @@ def load_export_graph(export_dir: str | Path):
     if manifest["target"] != "lava":
         raise ExportError(f"{export_dir}: a {manifest['target']} export has no Lava graph; "
                           "export with --target lava")
-    from .writers.lava_writer import read_lava
     # the bytes parsed are the bytes checked against the manifest (no swap between check and read)
     return read_lava(export_dir / "network.net", verified_bytes(export_dir, "network.net", manifest)), manifest
 
@@ -71,7 +72,6 @@ def evaluate_export(export_dir: str | Path, data_root: str | Path, split: str = 
     ------
     ExportError
     """
-    from .twin import run_graph
     export_dir = Path(export_dir)
     manifest = verify_export_dir(export_dir)
     target = manifest["target"]

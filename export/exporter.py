@@ -35,13 +35,14 @@ from typing import Sequence
 import numpy as np
 
 from mksgn.checkpoint import sha256_file
-from mksgn.guard import integer, is_no_space, output_dir, read_limited
+from mksgn.guard import integer, is_no_space, output_dir, read_json, read_limited
 
 from .errors import ExportError
 from .ir import Graph
 from .passes import SPLIT_KINDS
 from .pipeline import export_graph
 from .resources import format_resources, resources
+from .twin import run_graph
 
 TARGETS = {"lava": "network.net", "onnx": "model.onnx", "nir": "network.nir"}
 MANIFEST_VERSION = 1
@@ -233,7 +234,6 @@ def run_export(checkpoint: str | Path, target: str, out_dir: str | Path | None, 
         calibration folder, unrepresentable weights, or a target that cannot express the
         graph (NIR and the spike-spike attention).
     """
-    from .twin import run_graph
 
     if target not in TARGETS:
         raise ExportError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
@@ -388,15 +388,8 @@ def verify_export_dir(path: str | Path) -> dict:
     mpath = path / "manifest.json"
     if not mpath.is_file():
         raise ExportError(f"{path}: not an export directory (no manifest.json); run mksgn-export first")
-    raw = read_limited(mpath, "an export manifest", error=ExportError)
-    try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ExportError(f"{mpath}: not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise ExportError(f"{mpath}: invalid JSON ({exc.msg})") from None
-    except RecursionError:
-        raise ExportError(f"{mpath}: JSON nested too deeply") from None
+    manifest = read_json(mpath, "an export manifest", error=ExportError,
+                         hint="re-run mksgn-export to write a fresh export")
     check_manifest(manifest, str(mpath))
     for name, digest in manifest["files"].items():
         f = path / name

@@ -11,9 +11,13 @@ from typing import Sequence
 
 import numpy as np
 
+from mksgn.neuron import LIF
+
+from . import fixed_point as fx
 from .errors import ExportError
 from .ir import INPUT, LOGITS, Graph
 from .mapping import attention_order, hop_latency, mark_pairs
+from .twin import run_graph
 
 __all__ = ["fold_bn", "fold_graph", "fold_fusion", "balance_delays", "quantise", "split_residual",
            "spike_exact_rounding", "SPLIT_KINDS"]
@@ -241,10 +245,6 @@ def spike_exact_rounding(w_float: np.ndarray, mant: np.ndarray, weight_exp: int,
     """
     import torch
 
-    from mksgn.neuron import LIF
-
-    from . import fixed_point as fx
-
     step, lo, hi = fx.weight_grid(fx.WEIGHT_BITS, fx.MIXED)
     S = grp.scale
     exact = np.asarray(w_float, np.float64) * S / 2.0 ** weight_exp / step
@@ -297,7 +297,6 @@ def split_residual(s, w_scaled: np.ndarray) -> list:
     list of new :class:`~export.ir.Synapse` (empty when the 8-bit weights are exact). Their
     float ``weight`` is zero (the float graph is unchanged) and ``meta["split_of"]`` names ``s``.
     """
-    from . import fixed_point as fx
 
     r = w_scaled - np.asarray(s.weight_mant, np.float64) * 2.0 ** s.weight_exp
     if not np.any(np.abs(r) > 1e-9 * max(np.abs(w_scaled).max(), 1e-30)):
@@ -369,8 +368,6 @@ def quantise(graph: Graph, calib_x, input_frac_bits: int | None = None,
         weights/currents so large that the threshold mantissa would drop below
         ``MIN_VTH_MANT`` (cannot be represented).
     """
-    from . import fixed_point as fx
-    from .twin import run_graph
 
     for s in graph.synapses.values():
         if s.bn is not None or s.adjacency is not None:
@@ -381,7 +378,7 @@ def quantise(graph: Graph, calib_x, input_frac_bits: int | None = None,
     ref = run_graph(graph, calib_x, mode="float", track_currents=True)
     if input_frac_bits is None:
         xmax = float(calib_x.abs().max())
-        input_frac_bits = int(min(MAX_INPUT_FRAC_BITS, np.floor(np.log2((2 ** 15 - 1) / max(2 * xmax, 1e-9)))))
+        input_frac_bits = int(min(MAX_INPUT_FRAC_BITS, np.floor(np.log2(fx.INPUT_MAX / max(2 * xmax, 1e-9)))))
     g.meta["input_frac_bits"] = int(input_frac_bits)
     report = {"groups": {}, "synapses": {}}
     residuals = {}
@@ -409,7 +406,7 @@ def quantise(graph: Graph, calib_x, input_frac_bits: int | None = None,
         for s in g.incoming(name):
             w = _calib_weight(s, input_frac_bits)
             mant, exp, _ = fx.quantise_weights(w, current_scale=S)
-            if exp >= fx.WEIGHT_EXP_MAX and np.abs(w).max() * S / 2.0 ** exp > 256:
+            if exp >= fx.WEIGHT_EXP_MAX and np.abs(w).max() * S / 2.0 ** exp > 2 ** fx.MAX_WEIGHT_BITS:
                 raise ExportError(f"{s.name}: weights up to {np.abs(w).max():.3g} need weight_exp > "
                                   f"{fx.WEIGHT_EXP_MAX} at scale {S:g}; they cannot be represented")
             s.weight_mant, s.weight_exp = np.asarray(mant, dtype=np.int64), int(exp)

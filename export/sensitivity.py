@@ -29,9 +29,10 @@ from mksgn.data import SkeletonDataset
 from mksgn.errors import MksgnError
 
 from .errors import ExportError
+from .frontend import from_checkpoint
 from .ir import INPUT, Graph
-from .pipeline import calibration_clips, fold_all, graph_input, input_modalities
 from .passes import SPLIT_KINDS, quantise
+from .pipeline import calibration_clips, fold_all, graph_input, input_modalities
 from .twin import run_graph
 
 __all__ = ["predict", "divergence_profile", "perturbation_floor", "verdict", "quant_check",
@@ -234,7 +235,6 @@ def quant_check(checkpoint: str | Path, data_root: str | Path, split: str = "tes
     ExportError
         Bad checkpoint, data, or options.
     """
-    from .frontend import from_checkpoint
     if divergence_clips < 1 or runs < 0 or (clips is not None and clips < 1):
         raise ExportError("--divergence-clips and --clips must be at least 1 and --runs at least 0")
     graph, ckpt = from_checkpoint(checkpoint)

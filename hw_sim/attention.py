@@ -68,13 +68,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import sparse as sp
-
 from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.proc.graded.process import GradedVec
 from lava.proc.prodneuron.process import ProdNeuron
 from lava.proc.sparse.process import Sparse
+from scipy import sparse as sp
 
+from export import fixed_point as fx
 from export.mapping import attention_hops
 
 __all__ = ["AttentionBlock", "build_attention", "GRADED_MESSAGE_BITS", "MAX_WEIGHT_MANT"]
@@ -85,7 +85,7 @@ GRADED_MESSAGE_BITS = 24
 
 #: Largest ``|weight_mant|`` a stock ``Sparse`` stores exactly (8-bit magnitude, sign from
 #: the sign mode: ``lava/utils/weightutils.py::clip_weights``).
-MAX_WEIGHT_MANT = 255
+MAX_WEIGHT_MANT = 2 ** fx.MAX_WEIGHT_BITS - 1
 
 
 @dataclass

@@ -56,12 +56,25 @@ from export import fixed_point as fx
 from export.ir import INPUT, LOGITS, Graph
 from export.mapping import attention_hops, paired, synapse_mapping
 from export.passes import balance_delays
+from export.resources import synapse_count
 from export.twin import quantise_input
 
-from .connectivity import (conv_params, conv_views, fan_out, per_clip_groups, population_shape, shared_fan_out,
-                           static_connections, synapse_matrix)
+from .connectivity import (
+    conv_params,
+    conv_views,
+    fan_out,
+    per_clip_groups,
+    population_shape,
+    shared_fan_out,
+    static_connections,
+    synapse_matrix,
+)
 from .errors import SimError
 from .processes import PROBE_FILES, open_trace
+
+#: Largest |sum| a stock ``Conv``'s fixed-point output holds (``fx.CONV_OUT_BITS``-bit signed);
+#: a conv whose worst-case sum could exceed it is unrolled into ``Sparse`` instead.
+CONV_SUM_MAX = 2 ** (fx.CONV_OUT_BITS - 1) - 1
 
 __all__ = ["LavaNetwork", "build_network", "input_coordinates", "host_macs", "READOUT"]
 
@@ -107,7 +120,6 @@ def input_coordinates(graph: Graph, x: torch.Tensor) -> np.ndarray:
 def host_macs(graph: Graph) -> int:
     """Multiply-accumulates of the host-side first layer per clip (non-zero weights, in-range
     taps; computed once per clip because direct coding repeats the same current)."""
-    from export.resources import synapse_count
     M = int(graph.input_shape[3])
     return sum(synapse_count(graph, s) * M for s in graph.synapses.values() if s.sources == (INPUT,))
 
@@ -300,7 +312,8 @@ class LavaNetwork:
         n = int(self.shapes[READOUT][1])
         buf = open_trace(self.probe_dirs[READOUT], "v", self.depth, n)
         v = np.asarray(buf[rows]).astype(np.int64).reshape(len(clips), n)
-        return np.where(v % 64 == 0, v >> 6, -2 ** 62)
+        unit = 1 << fx.ACT_SHIFT
+        return np.where(v % unit == 0, v >> fx.ACT_SHIFT, -2 ** 62)
 
     def finished(self, latency: int) -> int:
         """Number of stream clips a stage of this latency has completed so far."""
@@ -545,9 +558,9 @@ def build_network(graph: Graph, coords: np.ndarray, chunk: int = 4, shared: bool
             params = conv_params(graph, s, shift=max(int(s.weight_exp), 0))
             # the Conv's 24-bit output wrap: keep every possible sum inside it, else unroll
             bound = np.abs(params["weight"].astype(np.int64)).reshape(params["weight"].shape[0], -1).sum(axis=1).max()
-            if bound >= 2 ** 23:
+            if bound > CONV_SUM_MAX:
                 mapping = "sparse" if mapping == "conv" else mapping
-        if mapping in ("conv", "conv+floor") and bound < 2 ** 23:
+        if mapping in ("conv", "conv+floor") and bound <= CONV_SUM_MAX:
             if shared:
                 conv = Conv(weight=params["weight"], input_shape=params["input_shape"], padding=params["padding"],
                             stride=params["stride"], name=label)
@@ -666,7 +679,7 @@ def _build_pair(net, graph, hi, lo, u, src, tgt_shape, per_clip, shared, sparse,
         p_lo = conv_params(graph, lo, shift=0)
         weight = np.concatenate([p_hi["weight"], p_lo["weight"]], axis=0)
         bound = np.abs(weight.astype(np.int64)).reshape(weight.shape[0], -1).sum(axis=1).max()
-        if bound >= 2 ** 23:
+        if bound > CONV_SUM_MAX:
             raise SimError(f"synapse {hi.name}: a Conv sum could exceed the 24-bit Conv output; "
                            "re-export with --no-weight-split or report this model")
         conv = Conv(weight=weight, input_shape=p_hi["input_shape"], padding=p_hi["padding"],

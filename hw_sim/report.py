@@ -10,12 +10,12 @@ nothing here runs Lava or torch.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from mksgn.guard import read_limited
+from mksgn.checkpoint import atomic_write
+from mksgn.guard import read_json
 
 from .errors import SimError
 
@@ -69,18 +69,7 @@ def load_report(path: str | Path) -> dict:
     if path.is_dir():
         raise SimError(f"{path}: is a folder, not a report file; {hint}")
     # a regular file of at most REPORT_LIMIT bytes (never /dev/zero or a pipe read without end)
-    raw = read_limited(path, "a replay report", REPORT_LIMIT, error=SimError)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SimError(f"{path}: cannot be read ({exc}); {hint}") from None
-    try:
-        report = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SimError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-                       f"{hint}") from None
-    except RecursionError:
-        raise SimError(f"{path}: JSON nested too deeply; {hint}") from None
+    report = read_json(path, "a replay report", REPORT_LIMIT, error=SimError, hint=hint)
     if not isinstance(report, dict):
         raise SimError(f"{path}: holds a JSON {type(report).__name__}, not an object; {hint}")
     missing = [k for k in REQUIRED_KEYS if k not in report]
@@ -343,7 +332,6 @@ def compare_reports(reports: Sequence[tuple[str, dict]]) -> str:
 
 def _atomic_savefig(fig, path: Path) -> Path:
     """Save ``fig`` as PNG via :func:`mksgn.checkpoint.atomic_write` (temp file + rename)."""
-    from mksgn.checkpoint import atomic_write
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
 

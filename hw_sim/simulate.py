@@ -11,12 +11,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from export.evaluate import load_export_graph
 from export.pipeline import graph_input, input_modalities
 from mksgn.checkpoint import atomic_write
 from mksgn.data import SkeletonDataset
+from mksgn.guard import number, optional_output
 
 from .errors import SimError
 from .replay import ReplayResult, replay
+from .report import plot_report
 
 __all__ = ["load_clips", "simulate", "check_clips"]
 
@@ -85,8 +88,6 @@ def simulate(export_dir, data_root, split: str = "test", clips="8", chunk: int =
     SimError
         Lava failed or got stuck, or the data does not fit the export.
     """
-    from export.evaluate import load_export_graph
-    from mksgn.guard import number
     number(timeout_s, "--timeout", 0, 7 * 24 * 3600, low_open=True, error=SimError)
     check_clips(clips)
     export_dir = Path(export_dir)
@@ -102,8 +103,5 @@ def simulate(export_dir, data_root, split: str = "test", clips="8", chunk: int =
     if report_path:
         atomic_write(Path(report_path), lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
     if plots_dir:  # optional: the result above stands if the plots fail (a warning on stderr)
-        from mksgn.guard import optional_output
-
-        from .report import plot_report
         optional_output(lambda: plot_report(report, plots_dir), f"plots in {plots_dir}")
     return result, report

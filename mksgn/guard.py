@@ -9,6 +9,7 @@ it prints ``warning: ...`` instead of raising.
 from __future__ import annotations
 
 import errno
+import json
 import math
 import os
 import stat
@@ -145,6 +146,30 @@ def read_limited(path, what: str, limit: int = JSON_LIMIT, error: type = MksgnEr
     if len(data) > limit:
         raise error(f"{path}: larger than the {limit:,}-byte limit for {what}")
     return data
+
+
+def read_json(path, what: str, limit: int = JSON_LIMIT, error: type = MksgnError, hint: str = ""):
+    """The parsed JSON document of a regular file of at most ``limit`` bytes (see
+    :func:`read_limited`); one home for the checks every JSON input gets (configs, export
+    manifests, replay reports).
+
+    Raises
+    ------
+    error
+        The file is missing, not regular, too large, not UTF-8, not valid JSON (line and
+        column named) or nested too deeply; ``hint`` (what to do) ends the message.
+    """
+    path = Path(path)
+    tail = f"; {hint}" if hint else ""
+    raw = read_limited(path, what, limit, error=error)
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise error(f"{path}: not UTF-8 text ({what}){tail}") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}, column {exc.colno}){tail}") from None
+    except RecursionError:
+        raise error(f"{path}: JSON nested too deeply{tail}") from None
 
 
 def optional_output(write: Callable, what: str):

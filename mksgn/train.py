@@ -33,12 +33,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .checkpoint import checkpoint_fusion_rule, git_revision, load_checkpoint, load_state, save_checkpoint
+from .config_check import check_document, check_train_values
 from .data import SkeletonDataset
 from .distill import DEFAULT_ALPHAS, Distiller
-from .config_check import check_document, check_train_values
 from .errors import ConfigError
-from .guard import read_limited
 from .evaluate import evaluate_logits, load_teachers, model_input, to_device
+from .guard import read_json
 from .models import ModelConfig, build_model
 from .models.smf import FUSION_RULES
 from .preprocess import MODALITIES
@@ -297,15 +297,7 @@ def load_config(path: str | Path) -> tuple[ModelConfig, TrainConfig]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: config file not found (see configs/ for examples)")
-    raw = read_limited(path, "a config file", error=ConfigError)
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a UTF-8 text file") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: invalid JSON ({exc.msg}, line {exc.lineno})") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: JSON nested too deeply") from None
+    doc = read_json(path, "a config file", error=ConfigError, hint="see configs/ for examples")
     try:
         check_document(doc)  # only model/train, num_classes fits the layout's dataset
         return ModelConfig.from_dict(doc["model"]), TrainConfig.from_dict(doc["train"])

@@ -351,7 +351,7 @@ CASES = [
      lambda c: ([c.manifest(c.export(), lambda m: {**m, "class_names": ["a", "b"]}), "--data", UCLA], "num_classes")),
     ("manifest-invalid-json", "eval",
      lambda c: ((lambda e: ((e / "manifest.json").write_text("{"), [e, "--data", UCLA])[1])(c.export()),
-                "invalid JSON")),
+                "not valid JSON")),
     ("manifest-oversize", "eval",
      lambda c: ((lambda e: (os.truncate(e / "manifest.json", 65 << 20), [e, "--data", UCLA])[1])(c.export()),
                 "limit")),

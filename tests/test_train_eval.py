@@ -122,7 +122,7 @@ def test_bad_configs(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.json")
     (tmp_path / "a.json").write_text("{")
-    with pytest.raises(ConfigError, match="invalid JSON"):
+    with pytest.raises(ConfigError, match="not valid JSON"):
         load_config(tmp_path / "a.json")
     with pytest.raises(ConfigError, match="unknown train setting"):
         load_config(write_config(tmp_path / "b.json", train={"lr_warmup": 3}))

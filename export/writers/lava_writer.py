@@ -68,6 +68,7 @@ import torch
 
 from mksgn.checkpoint import atomic_write
 
+from .. import fixed_point as fx
 from ..errors import ExportError
 from ..ir import INPUT, LOGITS, Graph, NeuronGroup, Synapse
 from ..twin import synapse_op
@@ -79,7 +80,7 @@ FILE_NAME = "network.net"
 FORMAT = "mksgn-lava"
 FORMAT_VERSION = 1
 ACT_SHIFT = 6  # netx fixes bias_exp = 6 (hdf5.py get_neuron_params)
-NETX_W_MIN, NETX_W_MAX = -256, 254  # utils.optimize_weight_bits clips outside this
+_, NETX_W_MIN, NETX_W_MAX = fx.weight_grid()  # 8-bit MIXED grid; utils.optimize_weight_bits clips outside it
 LINEAR_KINDS = ("input_conv", "conv", "affine", "graph", "pool")
 
 
