@@ -17,7 +17,7 @@ from mksgn.guard import integer, output_dir
 @click.option("--config", "config", type=click.Path(path_type=Path), required=True,
               help="Model + training config, e.g. configs/mksgn/ucla_joint_1_train.json.")
 @click.option("--data", type=click.Path(path_type=Path), required=True,
-              help="Dataset folder, e.g. ../shared/data/nw-ucla.")
+              help="Dataset folder (e.g. ../shared/data/nw-ucla), pyskl .pkl or .npz file.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
               help="Output folder for checkpoints and history.json.")
 @click.option("--epochs", type=int, default=None, help="Override train.epochs of the config.")
@@ -33,12 +33,15 @@ from mksgn.guard import integer, output_dir
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
               help="Train on the CPU or a CUDA GPU (overrides train.device, default cpu); checkpoints are "
                    "written with CPU tensors either way.")
-def cli(config, data, out_dir, epochs, no_resume, threads, modality, teachers, device):
+@click.option("--layout", default=None,
+              help="Joint layout, replacing model.layout: ntu25, ucla20, openpose18, coco17 or a layout JSON file "
+                   "(joint names, inward edges, centre joint); stored whole in the checkpoint.")
+def cli(config, data, out_dir, epochs, no_resume, threads, modality, teachers, device, layout):
     integer(epochs, "--epochs", 1, 100_000)
     integer(threads, "--threads", 1, 4096)
     output_dir(out_dir, "--out")
     train(config, data, out_dir, epochs=epochs, resume=not no_resume, threads=threads, log=click.echo,
-          modality=modality, teachers=list(teachers) or None, device=device)
+          modality=modality, teachers=list(teachers) or None, device=device, layout=layout)
 
 
 main = run(cli)

@@ -85,9 +85,8 @@ def evaluate_export(export_dir: str | Path, data_root: str | Path, split: str = 
                           "lava or onnx export (or the checkpoint)")
     d = manifest["data"]
     mods = input_modalities(d)
-    ds = SkeletonDataset(data_root, split, d["modalities"], d.get("protocol"), train=False, progress=progress)
-    if ds.layout.name != d["layout"]:
-        raise ExportError(f"{export_dir}: exported for layout {d['layout']!r}, but {data_root} is {ds.layout.name!r}")
+    ds = SkeletonDataset(data_root, split, d["modalities"], d.get("protocol"), train=False, progress=progress,
+                         layout=d["layout"])  # the data must fit the export's layout
     preds, labels = [], []
     saturation = {}
     for x, y in tqdm(DataLoader(ds, batch_size=batch_size), desc=f"quantised eval {split}", unit="batch",

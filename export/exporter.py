@@ -35,6 +35,8 @@ from typing import Sequence
 import numpy as np
 
 from mksgn.checkpoint import sha256_file
+from mksgn.errors import MksgnError
+from mksgn.graph import get_layout
 from mksgn.guard import integer, is_no_space, output_dir, read_json, read_limited
 
 from .errors import ExportError

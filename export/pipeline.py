@@ -50,10 +50,11 @@ def graph_input(sample: Mapping, modalities: Sequence[str]) -> torch.Tensor:
 
 
 def calibration_clips(data_root: str | Path, modalities: str | Sequence[str], num_clips: int, seed: int = 0,
-                      progress: bool = True) -> torch.Tensor:
+                      progress: bool = True, layout=None, protocol: str | None = None) -> torch.Tensor:
     """``num_clips`` real *training* clips (test-time preprocessing, no augmentation), chosen
     with a fixed seed spread over the split. Returns ``(N, C, T, V, M)`` — for several
-    modalities their channel concatenation (:func:`graph_input`).
+    modalities their channel concatenation (:func:`graph_input`). ``layout`` / ``protocol``:
+    the checkpoint's (``data.layout``, ``data.protocol``; default the data's own).
 
     Raises
     ------
@@ -64,7 +65,7 @@ def calibration_clips(data_root: str | Path, modalities: str | Sequence[str], nu
         raise ExportError(f"--calib-clips must be at least 1 (got {num_clips})")
     mods = [modalities] if isinstance(modalities, str) else list(modalities)
     try:
-        ds = SkeletonDataset(data_root, "train", tuple(mods), train=False)
+        ds = SkeletonDataset(data_root, "train", tuple(mods), protocol, train=False, layout=layout)
     except MksgnError as exc:
         raise ExportError(f"calibration data: {exc}") from None
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:num_clips].sort().values
@@ -99,7 +100,8 @@ def export_graph(checkpoint: str | Path, calib_data: str | Path, calib_clips: in
     """
     graph, ckpt = from_checkpoint(checkpoint)
     mods = input_modalities(ckpt["data"])
-    x = calibration_clips(calib_data, mods, calib_clips, progress=progress)
+    x = calibration_clips(calib_data, mods, calib_clips, progress=progress, layout=ckpt["data"]["layout"],
+                          protocol=ckpt["data"].get("protocol"))
     q = lower(graph, x, weight_split)
     q.meta["calibration"] = {"clips": int(len(x)), "split": "train", "modality": "+".join(mods)}
     return q, x

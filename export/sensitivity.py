@@ -188,9 +188,11 @@ def verdict(float_top1: float, int_top1: float, floor: dict | None, max_loss: fl
                     "their sources) in the divergence table")
 
 
-def _load_split(data_root, split: str, modalities: list, progress: bool):
-    try:
-        ds = SkeletonDataset(data_root, split, tuple(modalities), train=False, progress=progress)
+def _load_split(data_root, split: str, modalities: list, progress: bool, data: dict | None = None):
+    data = data or {}
+    try:  # the data must fit the checkpoint's layout (data record ``data``)
+        ds = SkeletonDataset(data_root, split, tuple(modalities), data.get("protocol"), train=False,
+                             progress=progress, layout=data.get("layout"))
     except MksgnError as exc:
         raise ExportError(f"evaluation data: {exc}") from None
     xs, ys = [], []
@@ -239,13 +241,11 @@ def quant_check(checkpoint: str | Path, data_root: str | Path, split: str = "tes
         raise ExportError("--divergence-clips and --clips must be at least 1 and --runs at least 0")
     graph, ckpt = from_checkpoint(checkpoint)
     mods = input_modalities(ckpt["data"])
-    calib = calibration_clips(calib_data or data_root, mods, calib_clips, progress=progress)
+    calib = calibration_clips(calib_data or data_root, mods, calib_clips, progress=progress,
+                              layout=ckpt["data"]["layout"], protocol=ckpt["data"].get("protocol"))
     folded = fold_all(graph)
     q = quantise(folded, calib, weight_split=weight_split)
-    x, y, ds = _load_split(data_root, split, mods, progress)
-    if ds.layout.name != ckpt["data"]["layout"]:
-        raise ExportError(f"{checkpoint} was trained on layout {ckpt['data']['layout']!r}, but "
-                          f"{data_root} is {ds.layout.name!r}")
+    x, y, ds = _load_split(data_root, split, mods, progress, ckpt["data"])
     if clips is not None:
         x, y = x[:clips], y[:clips]
     pf = predict(folded, x, "float", progress=progress, desc="float twin")

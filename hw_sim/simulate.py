@@ -57,12 +57,14 @@ def load_clips(manifest: dict, data_root, split: str, clips) -> tuple[torch.Tens
     Raises
     ------
     SimError
-        Bad clip count, or data of another layout than the export.
+        Bad clip count.
+    DataError
+        Data of another layout than the export.
     """
     d = manifest["data"]
-    ds = SkeletonDataset(data_root, split, d["modalities"], d.get("protocol"), train=False, progress=False)
-    if ds.layout.name != d["layout"]:
-        raise SimError(f"the export was made for layout {d['layout']!r}, but {data_root} is {ds.layout.name!r}")
+    # the data must fit the export's layout (a name, or the whole layout for a user layout)
+    ds = SkeletonDataset(data_root, split, d["modalities"], d.get("protocol"), train=False, progress=False,
+                         layout=d["layout"])
     n = check_clips(clips)
     n = len(ds) if n == "all" else min(n, len(ds))
     items = [ds[i] for i in range(n)]

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, MksgnError
+from .graph import get_layout, layout_name
 
 FORMAT = "mksgn-checkpoint"
 VERSION = 1
@@ -110,6 +111,14 @@ def _check_contents(ckpt: dict, path: Path) -> None:
     n = cfg["model"].get("num_classes")
     if isinstance(n, int) and not isinstance(n, bool) and len(names) != n:
         raise CheckpointError(f"{path}: {len(names)} class_names for a model with num_classes {n}")
+    if "layout" in data and "layout" in cfg["model"]:  # the data record's layout is the model's
+        try:
+            same = get_layout(data["layout"]) == get_layout(cfg["model"]["layout"])
+        except MksgnError as exc:
+            raise CheckpointError(f"{path}: bad joint layout ({exc})") from None
+        if not same:
+            raise CheckpointError(f"{path}: data.layout {layout_name(data['layout'])!r} differs from the model's "
+                                  f"layout {layout_name(cfg['model']['layout'])!r}; the checkpoint is damaged")
     bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise CheckpointError(f"{path}: non-finite (NaN/Inf) values in {', '.join(bad[:3])}"

@@ -11,7 +11,14 @@ Splits:
   clips), test = view v03 (464 clips).
 * NTU RGB+D (Shahroudy et al., CVPR 2016): cross-subject (``xsub``) trains on performers
   1, 2, 4, 5, 8, 9, 13–19, 25, 27, 28, 31, 34, 35, 38; cross-view (``xview``) trains on
-  cameras 2 and 3 and tests on camera 1.
+  cameras 2 and 3 and tests on camera 1. A folder with an action above A060 is NTU-120
+  (120 class names), else NTU-60.
+* Whole-dataset files (:mod:`mksgn.annotations`): a pyskl ``.pkl`` or an ``.npz`` names its
+  own splits (``<protocol>_train`` / ``<protocol>_val``, or ``train`` / ``val``).
+
+The joint layout is the dataset's (folders: NW-UCLA ``ucla20``, NTU ``ntu25``; files: the
+``.npz``'s own or the built-in with the file's joint count) unless the caller gives one (the
+model's, from its config, checkpoint or export): then the data must fit it.
 """
 from __future__ import annotations
 
@@ -23,10 +30,10 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from .annotations import COLLECTION_SUFFIXES, Collection, read_collection, resolve_layout
 from .errors import DataError
 from .graph import Layout, get_layout
-from .io import (Clip, NTU60_CLASS_NAMES, UCLA_CLASS_NAMES, parse_ntu_name, parse_ucla_name,
-                 read_clip)
+from .io import Clip, NTU120_CLASS_NAMES, UCLA_CLASS_NAMES, parse_ntu_name, parse_ucla_name, read_clip
 from .preprocess import MODALITIES, preprocess
 
 __all__ = ["DatasetSpec", "SPECS", "ScanResult", "scan", "load_clips", "in_split",
@@ -53,9 +60,7 @@ class DatasetSpec:
 
 SPECS = {
     "ucla": DatasetSpec("ucla", ".json", "ucla20", UCLA_CLASS_NAMES, ("view3",), "view3"),
-    "ntu": DatasetSpec("ntu", ".skeleton", "ntu25",
-                       NTU60_CLASS_NAMES + tuple(f"A{a:03d}" for a in range(61, 121)),
-                       ("xsub", "xview"), "xsub"),
+    "ntu": DatasetSpec("ntu", ".skeleton", "ntu25", NTU120_CLASS_NAMES, ("xsub", "xview"), "xsub"),
 }
 
 
@@ -97,7 +102,8 @@ def detect_dataset(root: str | Path) -> tuple[DatasetSpec, Path]:
         raise DataError("dataset folder not found; pass the NW-UCLA folder (with all_sqe/) "
                         "or a folder of NTU .skeleton files, e.g. ../shared/data/nw-ucla", root)
     if not root.is_dir():
-        raise DataError("expected a dataset folder, got a file (use `mksgn-data show` for one file)", root)
+        raise DataError("expected a dataset folder, a pyskl .pkl or an .npz, got another file (use "
+                        "`mksgn-data show` for one clip file)", root)
     if (root / "all_sqe").is_dir():
         root = root / "all_sqe"
     for spec in SPECS.values():
@@ -185,37 +191,71 @@ class SkeletonDataset(Dataset):
     Parameters
     ----------
     root : str or Path
-        NW-UCLA folder (or its ``all_sqe``) or a folder of NTU ``.skeleton`` files.
+        NW-UCLA folder (or its ``all_sqe``), a folder of NTU ``.skeleton`` files, a pyskl
+        ``.pkl`` or an ``.npz`` (:mod:`mksgn.annotations`).
     split : {"train", "test"}
     modalities : sequence of str
         Subset of ``joint``, ``bone``, ``joint_motion``, ``bone_motion``.
     protocol : str, optional
-        NW-UCLA ``view3``; NTU ``xsub`` (default) or ``xview``.
+        NW-UCLA ``view3``; NTU ``xsub`` (default) or ``xview``; a file's split prefix
+        (``xsub``, ``xset``, ...; default plain ``train``/``val``, else ``xsub``).
     train : bool, optional
         Augment; defaults to ``split == "train"``.
     seed : int
     on_error : {"raise", "skip"}
     progress : bool
+    layout : str, dict or Layout, optional
+        The model's layout (:func:`mksgn.graph.get_layout`: a built-in name, a layout file
+        or a checkpoint's layout record); the data must fit it. Default: the data's own.
+
+    Attributes
+    ----------
+    spec : DatasetSpec
+        ``name`` ``ucla``, ``ntu``, ``pyskl`` or ``npz``.
+    layout : Layout
+    class_names : tuple of str
 
     Raises
     ------
     DataError
-        Bad folder, bad file (with ``on_error="raise"``), unknown modality, empty split.
+        Bad folder or file (with ``on_error="raise"``), unknown modality, empty split, data
+        that does not fit ``layout``.
+    ConfigError
+        A bad ``layout``, or a file with no layout of its own and a joint count no built-in has.
     """
 
     def __init__(self, root, split: str, modalities=("joint",), protocol: str | None = None,
                  train: bool | None = None, seed: int = 0, on_error: str = "raise",
-                 progress: bool = False):
+                 progress: bool = False, layout=None):
         bad = [m for m in modalities if m not in MODALITIES]
         if bad or not modalities:
             raise DataError(f"unknown modality {bad or modalities!r}; choose from {', '.join(MODALITIES)}")
-        self.clips, self.scan = load_clips(root, split, protocol, on_error, progress)
+        if Path(root).is_file() and Path(root).suffix in COLLECTION_SUFFIXES:
+            self.collection: Collection | None = read_collection(root)
+            self.layout: Layout = resolve_layout(self.collection, layout)
+            protocol = protocol or self.collection.default_protocol
+            self.clips = self.collection.select(split, protocol)
+            self.spec = DatasetSpec(self.collection.kind, Path(root).suffix, self.layout.name,
+                                    self.collection.class_names, tuple(self.collection.protocols),
+                                    self.collection.default_protocol)
+            self.scan = None
+            where, what = root, "file"
+        else:
+            self.collection = None
+            self.clips, self.scan = load_clips(root, split, protocol, on_error, progress)
+            self.spec = self.scan.spec
+            self.layout = get_layout(self.spec.layout)
+            if layout is not None and get_layout(layout) != self.layout:
+                want = get_layout(layout)
+                raise DataError(f"this folder holds {self.spec.name} clips (layout {self.layout.name!r}, "
+                                f"{self.layout.num_joints} joints) but the model's layout is {want.name!r} "
+                                f"({want.num_joints} joints); give data of the model's layout", self.scan.folder)
+            protocol = protocol or self.spec.default_protocol
+            where, what = self.scan.folder, "folder"
         if not self.clips:
-            raise DataError(f"split {split!r} of this folder has no clips", self.scan.folder)
-        self.spec = self.scan.spec
-        self.layout: Layout = get_layout(self.spec.layout)
+            raise DataError(f"split {split!r} of this {what} has no clips", where)
         self.split = split
-        self.protocol = protocol or self.spec.default_protocol
+        self.protocol = protocol
         self.modalities = tuple(modalities)
         self.train = split == "train" if train is None else train
         self.seed = seed
@@ -223,8 +263,14 @@ class SkeletonDataset(Dataset):
 
     @property
     def class_names(self) -> tuple:
-        n = 10 if self.spec.name == "ucla" else 60
-        return self.spec.class_names[:n]
+        """The dataset's class names: NW-UCLA 10; an NTU folder 120 when any of its files is an
+        action above A060 (NTU-120), else 60; a file's own (:mod:`mksgn.annotations`)."""
+        if self.collection is not None:
+            return self.collection.class_names
+        if self.spec.name == "ucla":
+            return self.spec.class_names[:10]
+        ntu120 = any(ids["action"] > 60 for _, ids in self.scan.files)
+        return self.spec.class_names[:120 if ntu120 else 60]
 
     @property
     def labels(self) -> np.ndarray:

@@ -208,10 +208,8 @@ def evaluate_ensemble(checkpoints, data_root: str | Path, split: str = "test", a
     alphas = list(DEFAULT_ALPHAS if alphas is None else alphas)
     models, info = load_teachers(checkpoints)
     first = load_checkpoint(info[0]["checkpoint"])["data"]
-    dataset = SkeletonDataset(data_root, split, MODALITIES, first.get("protocol"), train=False, progress=progress)
-    if dataset.layout.name != first["layout"]:
-        raise CheckpointError(f"{info[0]['checkpoint']}: trained on layout {first['layout']!r}, but {data_root} "
-                              f"is {dataset.layout.name!r}")
+    dataset = SkeletonDataset(data_root, split, MODALITIES, first.get("protocol"), train=False, progress=progress,
+                              layout=first["layout"])  # the data must fit the checkpoint's layout
     stream_logits, streams, labels = [], {}, None
     for m, rec in zip(MODALITIES, info):
         logits, labels = evaluate_logits(models[m], dataset, progress=progress, desc=f"{m} {split}",
@@ -299,10 +297,7 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, split: str = "test",
     model, ckpt = load_model(checkpoint)
     d = ckpt["data"]
     dataset = SkeletonDataset(data_root, split, d["modalities"], d.get("protocol"), train=False,
-                              progress=progress)
-    if dataset.layout.name != d["layout"]:
-        raise CheckpointError(f"{checkpoint}: trained on layout {d['layout']!r}, but {data_root} "
-                              f"is {dataset.layout.name!r}")
+                              progress=progress, layout=d["layout"])  # the data must fit the checkpoint's layout
     logits, labels = evaluate_logits(model, dataset, progress=progress, desc=f"eval {split}")
     preds = logits.argmax(1).numpy()
     labels = labels.numpy()

@@ -23,6 +23,7 @@ from .guard import read_limited
 __all__ = [
     "Clip", "read_ntu_skeleton", "read_ucla_json", "read_clip", "parse_ntu_name",
     "parse_ucla_name", "NTU_MAX_BODIES", "UCLA_ACTIONS", "UCLA_CLASS_NAMES", "NTU60_CLASS_NAMES",
+    "NTU120_CLASS_NAMES",
 ]
 
 NTU_JOINTS = 25
@@ -56,6 +57,23 @@ NTU60_CLASS_NAMES = (
     "point finger at the other person", "hugging other person",
     "giving something to other person", "touch other person's pocket", "handshaking",
     "walking towards each other", "walking apart from each other",
+)
+# NTU RGB+D 120 (Liu et al., TPAMI 2019), actions A061-A120 as the dataset's action list names them
+NTU120_CLASS_NAMES = NTU60_CLASS_NAMES + (
+    "put on headphone", "take off headphone", "shoot at the basket", "bounce ball", "tennis bat swing",
+    "juggling table tennis balls", "hush (quite)", "flick hair", "thumb up", "thumb down", "make ok sign",
+    "make victory sign", "staple book", "counting money", "cutting nails", "cutting paper (using scissors)",
+    "snapping fingers", "open bottle", "sniff (smell)", "squat down", "toss a coin", "fold paper",
+    "ball up paper", "play magic cube", "apply cream on face", "apply cream on hand back", "put on bag",
+    "take off bag", "put something into a bag", "take something out of a bag", "open a box",
+    "move heavy objects", "shake fist", "throw up cap/hat", "hands up (both hands)", "cross arms",
+    "arm circles", "arm swings", "running on the spot", "butt kicks (kick backward)", "cross toe touch",
+    "side kick", "yawn", "stretch oneself", "blow nose", "hit other person with something",
+    "wield knife towards other person", "knock over other person (hit with body)",
+    "grab other person's stuff", "shoot at other person with a gun", "step on foot", "high-five",
+    "cheers and drink", "carry something with other person", "take a photo of other person",
+    "follow other person", "whisper in other person's ear", "exchange things with other person",
+    "support somebody with hand", "finger-guessing game (playing rock-paper-scissors)",
 )
 
 

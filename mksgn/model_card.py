@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import atomic_write, checkpoint_fusion_rule, load_checkpoint
+from .graph import layout_name
 
 ARCH_NAMES = {"mksgn": "MK-SGN", "base_sgn": "Base-SGN*", "ctrgcn": "CTR-GCN"}
 TOP1_LINE = re.compile(r"^- test top-1: ([0-9.]+) %", re.M)
@@ -39,7 +40,7 @@ def write_model_card(checkpoint: str | Path, result: dict, path: str | Path) -> 
     lines = [
         f"# {Path(checkpoint).name}",
         "",
-        f"{ARCH_NAMES.get(cfg['arch'], cfg['arch'])} ({cfg['layout']}, width {cfg['width']}"
+        f"{ARCH_NAMES.get(cfg['arch'], cfg['arch'])} ({layout_name(cfg['layout'])}, width {cfg['width']}"
         + (f", T_s = {cfg['time_steps']}" if cfg["arch"] != "ctrgcn" else ", float ANN teacher") +
         f"), {', '.join(ckpt['data']['modalities'])} modality, trained on the real "
         f"NW-UCLA split (views v01+v02 train, v03 test) with `mksgn-train`.",

@@ -23,7 +23,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ from .data import SkeletonDataset
 from .distill import DEFAULT_ALPHAS, Distiller
 from .errors import ConfigError
 from .evaluate import evaluate_logits, load_teachers, model_input, to_device
+from .graph import layout_record
 from .guard import read_json
 from .models import ModelConfig, build_model
 from .models.smf import FUSION_RULES
@@ -317,7 +318,7 @@ def _payload(model, mcfg, tcfg, train_set, epoch, metrics, opt=None, modalities=
         "config": {"model": mcfg.to_dict(), "train": asdict(tcfg)},
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "class_names": list(train_set.class_names),
-        "data": {"dataset": train_set.spec.name, "layout": train_set.layout.name,
+        "data": {"dataset": train_set.spec.name, "layout": layout_record(train_set.layout),
                  "modalities": list(train_set.modalities if modalities is None else modalities),
                  "window": train_set.layout.window, "protocol": train_set.protocol},
         "metrics": metrics,
@@ -450,7 +451,7 @@ def load_encoders(model, encoders: dict, log=print) -> dict:
 
 def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
           epochs: int | None = None, resume: bool = True, threads: int | None = None,
-          log=print, modality: str | None = None, teachers=None, device: str | None = None) -> dict:
+          log=print, modality: str | None = None, teachers=None, device: str | None = None, layout=None) -> dict:
     """Train a model from a config file on a real dataset; returns the final metrics.
 
     Parameters
@@ -468,6 +469,9 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
         Non-empty switches on distillation (eq. 32; :mod:`mksgn.distill`).
     device : ``"cpu"`` or ``"cuda"``, optional
         Overrides ``train.device`` (where the model, teachers and batches live).
+    layout : str, optional
+        Replaces ``model.layout``: a built-in name or a layout JSON file (``mksgn-train
+        --layout``); the checkpoint stores the whole layout (:func:`mksgn.graph.layout_record`).
 
     Four-modality MK-SGN (``model.fusion = "smf"``): the model input is the dict of the four
     modalities; the MINE statistics networks are trained by their own optimiser
@@ -497,7 +501,7 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
         CTR-GCN or does not fit the student's layout/classes, a student that is not MK-SGN;
         resuming a distillation run without its teachers (or the other way round).
     """
-    run = _build(*_settings(config_path, epochs, modality, teachers, device), config_path, data_root,
+    run = _build(*_settings(config_path, epochs, modality, teachers, device, layout), config_path, data_root,
                  out_dir, threads, log)
     _initialise(run)
     if resume:
@@ -634,9 +638,12 @@ class _Run:
                 **({"init_from": self.parent} if self.parent else {})}
 
 
-def _settings(config_path, epochs, modality, teachers, device) -> tuple[ModelConfig, TrainConfig, torch.device]:
+def _settings(config_path, epochs, modality, teachers, device, layout=None) -> tuple[ModelConfig, TrainConfig,
+                                                                                      torch.device]:
     """The config file with :func:`train`'s overrides applied and checked, and the device."""
     mcfg, tcfg = load_config(config_path)
+    if layout is not None:  # mksgn-train --layout: replaces model.layout (a file becomes its dict)
+        mcfg = replace(mcfg, layout=layout)
     if epochs is not None:
         tcfg.epochs = epochs
     if modality is not None:
@@ -672,11 +679,14 @@ def _build(mcfg: ModelConfig, tcfg: TrainConfig, dev: torch.device, config_path,
     seed_everything(tcfg.seed)
     student_mods = list(tcfg.modalities)
     data_mods = list(MODALITIES) if tcfg.teachers else student_mods
-    train_set = SkeletonDataset(data_root, "train", data_mods, tcfg.protocol, seed=tcfg.seed, progress=True)
-    test_set = SkeletonDataset(data_root, "test", student_mods, tcfg.protocol, progress=True)
-    if train_set.layout.name != mcfg.layout:
-        raise ConfigError(f"{config_path}: model.layout is {mcfg.layout!r} but the data is "
-                          f"{train_set.layout.name!r}")
+    # the data must fit the model's layout (joints, and the file's own layout if it names one)
+    train_set = SkeletonDataset(data_root, "train", data_mods, tcfg.protocol, seed=tcfg.seed, progress=True,
+                                layout=mcfg.layout)
+    test_set = SkeletonDataset(data_root, "test", student_mods, tcfg.protocol, progress=True, layout=mcfg.layout)
+    if len(train_set.class_names) != mcfg.num_classes:
+        raise ConfigError(f"{config_path}: model.num_classes is {mcfg.num_classes} but the data has "
+                          f"{len(train_set.class_names)} classes ({train_set.class_names[0]!r}, ...); set "
+                          "model.num_classes to the dataset's")
     model = build_model(mcfg, with_estimator=smf, smf_momentum=tcfg.smf_momentum,
                         estimator_hidden=tcfg.mine_hidden, smf_weights=tcfg.smf_weights).to(dev)
     if tcfg.trainable:

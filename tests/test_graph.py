@@ -42,5 +42,5 @@ def test_known_edges():
 
 
 def test_unknown_layout():
-    with pytest.raises(ConfigError, match="unknown joint layout 'coco17'"):
-        get_layout("coco17")
+    with pytest.raises(ConfigError, match="unknown joint layout 'coco18'"):
+        get_layout("coco18")

@@ -5,7 +5,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from ..errors import ConfigError
-from ..graph import LAYOUTS
+from ..graph import get_layout, layout_record
 from .ctrgcn import ctrgcn_stages
 
 __all__ = ["ModelConfig", "ARCHS", "FUSIONS"]
@@ -30,8 +30,12 @@ class ModelConfig:
         ``ctrgcn`` is the float (ReLU) CTR-GCN teacher of the distillation (issue 4); it uses
         ``layout``, ``num_classes``, ``in_channels``, ``width`` and ``dropout`` only.
         MK-SGN (6 SA-SGC + STC layers) or Base-SGN* (10-layer spiking ST-GCN), Table 7.
-    layout : {"ucla20", "ntu25"}
-        Joint layout (:func:`mksgn.graph.get_layout`); fixes V and M.
+    layout : str or dict
+        Joint layout (:func:`mksgn.graph.get_layout`); fixes V, M, the window and the
+        adjacency. A built-in name (``ntu25``, ``ucla20``, ``openpose18``, ``coco17``), a
+        layout JSON file (relative to the working folder) or a layout dict; a file becomes
+        its dict on construction (:func:`mksgn.graph.layout_record`), so ``to_dict`` -- and
+        every checkpoint and export -- carries the whole layout and needs no file.
     num_classes : int
         Action classes J (NW-UCLA 10, NTU-60 60).
     in_channels : int
@@ -91,7 +95,12 @@ class ModelConfig:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
         check("arch", self.arch in ARCHS, f"one of {list(ARCHS)}")
-        check("layout", self.layout in LAYOUTS, f"one of {sorted(LAYOUTS)}")
+        if not isinstance(self.layout, (str, dict)):
+            check("layout", False, "a built-in layout name, a layout JSON file or a layout object")
+        try:
+            object.__setattr__(self, "layout", layout_record(self.layout))
+        except ConfigError as exc:
+            raise ConfigError(f"model config: layout: {exc}") from None
         check("num_classes", is_int(self.num_classes) and 1 <= self.num_classes <= 100_000, "an integer in [1, 100000]")
         check("in_channels", is_int(self.in_channels) and 1 <= self.in_channels <= 64, "an integer in [1, 64]")
         check("time_steps", is_int(self.time_steps) and 1 <= self.time_steps <= 1024, "an integer in [1, 1024]")
@@ -142,6 +151,11 @@ class ModelConfig:
         if d["fusion"] == "none":
             del d["fusion"]
         return d
+
+    @property
+    def joint_layout(self):
+        """The :class:`mksgn.graph.Layout` of ``layout``."""
+        return get_layout(self.layout)
 
     @property
     def stages(self) -> tuple:

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..graph import get_layout
+from ..graph import get_layout, layout_name
 
 __all__ = ["CTRGCN", "CTRGCNUnit", "CTRGC", "CTRGCBlock", "MultiScaleTemporalConv", "FEATURE_LAYERS",
            "ctrgcn_stages"]
@@ -293,7 +293,7 @@ class CTRGCN(nn.Module):
                 or x.shape[4] != self.max_bodies:
             raise ConfigError(
                 f"CTR-GCN input has shape {tuple(x.shape)}; expected (N, {self.in_channels}, T, "
-                f"{self.num_joints}, {self.max_bodies}) for layout {self.layout!r}")
+                f"{self.num_joints}, {self.max_bodies}) for layout {layout_name(self.layout)!r}")
         n, c, t, v, m = x.shape
         x = self.data_bn(x.permute(0, 4, 3, 1, 2).reshape(n, m * v * c, t))
         x = x.view(n, m, v, c, t).permute(0, 1, 3, 4, 2).reshape(n * m, c, t, v)

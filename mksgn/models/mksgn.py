@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..graph import get_layout
+from ..graph import get_layout, layout_name
 from ..neuron import LIF
 from .config import ModelConfig
 
@@ -306,7 +306,7 @@ class SpikingGraphNet(nn.Module):
                 or x.shape[4] != self.max_bodies:
             raise ConfigError(
                 f"model input has shape {tuple(x.shape)}; expected (N, {self.cfg.in_channels}, T, "
-                f"{self.num_joints}, {self.max_bodies}) for layout {self.cfg.layout!r}")
+                f"{self.num_joints}, {self.max_bodies}) for layout {layout_name(self.cfg.layout)!r}")
         n, c, t, v, m = x.shape
         h = self.sc(x.permute(0, 4, 1, 2, 3).reshape(n * m, c, t, v))
         for layer in self.layers:

@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..graph import get_layout
+from ..graph import get_layout, layout_name
 from ..preprocess import MODALITIES
 from .config import ModelConfig
 from .mksgn import Head, SpikingCoding, mksgn_layers
@@ -535,7 +535,7 @@ class SMF(nn.Module):
             if not isinstance(z, torch.Tensor) or z.dim() != 5 or z.shape[1] != self.cfg.in_channels \
                     or z.shape[3] != self.num_joints or z.shape[4] != self.max_bodies:
                 raise ConfigError(f"SMF input {m!r} has shape {shape}; expected {expected} for layout "
-                                  f"{self.cfg.layout!r}")
+                                  f"{layout_name(self.cfg.layout)!r}")
             if shape0 is None:
                 shape0 = shape
             elif shape != shape0:
