@@ -330,8 +330,12 @@ def check_manifest(manifest, where: str) -> dict:
     d = manifest["data"]
     if not isinstance(d, dict):
         bad(f"'data' is a {type(d).__name__}, not an object")
-    if not isinstance(d.get("layout"), str):
-        bad(f"data.layout is {d.get('layout')!r}, not a layout name")
+    if not isinstance(d.get("layout"), (str, dict)):
+        bad(f"data.layout is {d.get('layout')!r}, not a layout name or a layout")
+    try:
+        get_layout(d["layout"])
+    except MksgnError as exc:
+        bad(f"data.layout: {exc}")
     mods = d.get("modalities")
     if not isinstance(mods, list) or not mods or not all(isinstance(m, str) for m in mods):
         bad(f"data.modalities is {mods!r}, not a list of modality names")
