@@ -200,6 +200,16 @@ def _round(x):
     return torch.round(x) if _is_torch(x) else np.round(x)
 
 
+def _torch_in_range(x, lo: int, hi: int) -> bool:
+    """True when the torch tensor ``x`` lies in ``[lo, hi]`` (one pass, no temporary): the
+    wraps below then leave it unchanged and are skipped (the integer twin's state almost
+    never wraps; the result is the same either way)."""
+    if x.numel() == 0:
+        return True
+    mn, mx = torch.aminmax(x)
+    return lo <= int(mn) and int(mx) <= hi
+
+
 def _float64(x):
     if _is_torch(x):
         return x.detach().to(torch.float64)
@@ -265,6 +275,9 @@ def shift_exp(x, e):
     -------
     int64 array/tensor
     """
+    if isinstance(e, (int, np.integer)) and _is_torch(x):  # one exponent: one shift (the twin's synapses)
+        x = _i64(x, x)
+        return x << int(e) if e >= 0 else x >> -int(e)
     ref = _use_torch(x, e)
     x, e = _i64(x, ref), _i64(e, ref)
     pos = e >= 0
@@ -291,6 +304,8 @@ def wrap_signed(x, bits: int):
     ref = _use_torch(x)
     x = _i64(x, ref)
     half = 1 << (bits - 1)
+    if ref is not None and _torch_in_range(x, -half, half - 1):
+        return x
     return ((x + half) & ((1 << bits) - 1)) - half
 
 
@@ -335,6 +350,10 @@ def decay(x, d):
     """
     ref = _use_torch(x, d)
     x, d = _i64(x, ref), _i64(d, ref)
+    if ref is not None:  # the same integers in fewer passes: full decay is 0, trunc division = sign·(|p| >> 12)
+        if d.numel() == 1 and int(d) == DECAY_UNITY:
+            return torch.zeros_like(x)
+        return torch.div(x * (DECAY_UNITY - d), DECAY_UNITY, rounding_mode="trunc")
     p = x * (DECAY_UNITY - d)
     return _sign(p) * (_abs(p) >> DECAY_SHIFT)
 
@@ -367,6 +386,8 @@ def wrap_u(c):
     """
     ref = _use_torch(c)
     c = _i64(c, ref)
+    if ref is not None and _torch_in_range(c, -MAX_UV + 1, MAX_UV):
+        return c
     two_m = 2 * MAX_UV
     w = _where(c > MAX_UV, wrap_int32(c - two_m), c)
     w = _where(w <= -MAX_UV, wrap_int32(c + two_m), w)
@@ -477,7 +498,7 @@ def _lif_core(ref, u, v, a_in, du, dv, vth_mant, bias_mant, bias_exp):
     return u_new, v_new, spike, c, v_raw
 
 
-def lif_step_torch(u, v, a_in, du, dv, vth_mant, bias_mant=0, bias_exp=0):
+def lif_step_torch(u, v, a_in, du, dv, vth_mant, bias_mant=0, bias_exp=0, with_pre: bool = False):
     """``lif_step`` on torch int64 tensors, plus saturation counters for the twin.
 
     Non-tensor arguments are converted to tensors on the device of the first tensor
@@ -488,7 +509,9 @@ def lif_step_torch(u, v, a_in, du, dv, vth_mant, bias_mant=0, bias_exp=0):
     (u, v, spike, flags)
         ``flags = {"u_wrap": n, "v_clip": m}``: Python ints counting the elements whose
         current was wrapped by ``wrap_u`` (``c > 2**23`` or ``c <= -2**23``) and whose
-        voltage was saturated by ``clip_v`` this step.
+        voltage was saturated by ``clip_v`` this step. ``with_pre``: also ``flags["v_pre"]``,
+        the voltage the threshold is compared with (after the clip, before the reset;
+        int64 tensor), which quantisation-aware training's surrogate gradient reads.
     """
     if torch is None:  # pragma: no cover
         raise ImportError("lif_step_torch needs torch")
@@ -497,8 +520,10 @@ def lif_step_torch(u, v, a_in, du, dv, vth_mant, bias_mant=0, bias_exp=0):
         ref = torch.zeros((), dtype=torch.int64)
     u_new, v_new, spike, c, v_raw = _lif_core(ref, u, v, a_in, du, dv, vth_mant, bias_mant,
                                               bias_exp)
-    flags = {"u_wrap": int(((c > MAX_UV) | (c <= -MAX_UV)).sum()),
-             "v_clip": int(((v_raw > V_MAX) | (v_raw < V_MIN)).sum())}
+    flags = {"u_wrap": 0 if _torch_in_range(c, -MAX_UV + 1, MAX_UV) else int(((c > MAX_UV) | (c <= -MAX_UV)).sum()),
+             "v_clip": 0 if _torch_in_range(v_raw, V_MIN, V_MAX) else int(((v_raw > V_MAX) | (v_raw < V_MIN)).sum())}
+    if with_pre:
+        flags["v_pre"] = clip_v(v_raw)
     return u_new, v_new, spike, flags
 
 

@@ -33,13 +33,15 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().double().numpy().copy()
 
 
-def _bn(bn: nn.Module, rows: slice = slice(None)) -> tuple:
-    return (_np(bn.running_mean)[rows], _np(bn.running_var)[rows], _np(bn.weight)[rows],
-            _np(bn.bias)[rows], float(bn.eps))
+def _torch64(t: torch.Tensor) -> torch.Tensor:
+    """A float64 view of a parameter or buffer that keeps its autograd graph (differentiable IR)."""
+    return t.double()
 
 
 class _Builder:
-    def __init__(self, model):
+    def __init__(self, model, differentiable: bool = False):
+        self.arr = _torch64 if differentiable else _np
+        self.differentiable = differentiable
         cfg = model.cfg
         self.cfg = cfg
         layout = get_layout(cfg.layout)
@@ -49,32 +51,42 @@ class _Builder:
         self.graph = Graph({}, {}, (c_in, layout.window, self.V, self.M), cfg.time_steps,
                            {"arch": cfg.arch, "layout": cfg.layout, "model_config": cfg.to_dict()})
 
+    def bn(self, bn: nn.Module, rows: slice = slice(None)) -> tuple:
+        return (self.arr(bn.running_mean)[rows], self.arr(bn.running_var)[rows], self.arr(bn.weight)[rows],
+                self.arr(bn.bias)[rows], float(bn.eps))
+
+    def const(self, a) -> np.ndarray | torch.Tensor:
+        """A float64 constant (fixed weights, zero biases) in the graph's array type."""
+        a = np.asarray(a, dtype=np.float64)
+        return torch.from_numpy(a) if self.differentiable else a
+
     def group(self, name, shape, layer, bias=None) -> str:
         c = shape[0]
         self.graph.groups[name] = NeuronGroup(name, tuple(int(s) for s in shape), self.cfg.beta,
-                                              self.cfg.threshold, np.zeros(c) if bias is None else bias,
+                                              self.cfg.threshold, self.const(np.zeros(c)) if bias is None else bias,
                                               layer=layer)
         return name
 
     def synapse(self, name, kind, sources, target, weight, layer, **kw) -> Synapse:
-        s = Synapse(name, kind, tuple(sources), target, np.asarray(weight, dtype=np.float64), layer=layer, **kw)
+        weight = weight if isinstance(weight, torch.Tensor) else self.const(weight)
+        s = Synapse(name, kind, tuple(sources), target, weight, layer=layer, **kw)
         self.graph.synapses[name] = s
         return s
 
     def residual(self, name, module, sources, target, layer, stride=1):
         """ChannelAffine → ``affine``; 1×1 conv + BN → ``conv``."""
         if isinstance(module, ChannelAffine):
-            self.synapse(name, "affine", sources, target, _np(module.weight), layer,
-                         stride=module.stride, bias=_np(module.bias))
+            self.synapse(name, "affine", sources, target, self.arr(module.weight), layer,
+                         stride=module.stride, bias=self.arr(module.bias))
         else:
             conv, bn = module[0], module[1]
-            self.synapse(name, "conv", sources, target, _np(conv.weight), layer,
-                         stride=conv.stride[0], bn=_bn(bn))
+            self.synapse(name, "conv", sources, target, self.arr(conv.weight), layer,
+                         stride=conv.stride[0], bn=self.bn(bn))
 
     def graph_conv(self, name, gcn, sources, target, layer, rows, bn):
-        w = _np(gcn.conv.weight)[rows, :, 0, 0]
+        w = self.arr(gcn.conv.weight)[rows, :, 0, 0]
         self.synapse(name, "graph", sources, target, w, layer, adjacency=_np(gcn.A),
-                     bn=_bn(bn, rows))
+                     bn=self.bn(bn, rows))
 
 
 def _tconv_out(t: int, k: int, stride: int) -> int:
@@ -82,12 +94,18 @@ def _tconv_out(t: int, k: int, stride: int) -> int:
     return (t + 2 * pad - k) // stride + 1
 
 
-def from_model(model: nn.Module) -> Graph:
+def from_model(model: nn.Module, differentiable: bool = False) -> Graph:
     """Translate a float MK-SGN / Base-SGN* into the IR (eval-mode semantics, BN unfolded).
 
     Parameters
     ----------
     model : MKSGN or BaseSGN
+    differentiable : bool
+        Keep every weight, bias and BN parameter as a float64 torch tensor still attached to
+        the model's parameters (constants become tensors too), so the float passes
+        (:func:`export.passes.fold_bn`, :func:`~export.passes.fold_graph`) compute the folded
+        weights with autograd: quantisation-aware training (:mod:`export.qat`) takes their
+        gradient. Default: detached NumPy float64 copies. Not for the SMF model.
 
     Returns
     -------
@@ -98,12 +116,15 @@ def from_model(model: nn.Module) -> Graph:
     Raises
     ------
     ExportError
-        A model that is not MK-SGN / Base-SGN*.
+        A model that is not MK-SGN / Base-SGN*; ``differentiable`` for the SMF model.
     """
     if not isinstance(model, (MKSGN, BaseSGN, SMFMKSGN)):
         raise ExportError(f"cannot export a {type(model).__name__}: only MK-SGN (one modality or "
                           "SMF four-modality) and Base-SGN* checkpoints are supported")
-    b = _Builder(model)
+    if differentiable and isinstance(model, SMFMKSGN):
+        raise ExportError("a differentiable IR (quantisation-aware training) is not available for the "
+                          "four-modality SMF MK-SGN; train a single-modality MK-SGN or Base-SGN*")
+    b = _Builder(model, differentiable)
     g = b.graph
     T = g.input_shape[1]
     V = b.V
@@ -113,8 +134,8 @@ def from_model(model: nn.Module) -> Graph:
         sc = model.sc
         c = sc.conv.out_channels
         b.group("sc.lif", (c, T, V), "sc")
-        b.synapse("sc.conv", "input_conv", (INPUT,), "sc.lif", _np(sc.conv.weight), "sc",
-                  padding=sc.conv.padding[0], bn=_bn(sc.bn))
+        b.synapse("sc.conv", "input_conv", (INPUT,), "sc.lif", b.arr(sc.conv.weight), "sc",
+                  padding=sc.conv.padding[0], bn=b.bn(sc.bn))
     x = ("sc.lif",)
     first = set(g.synapses)
     for i, layer in enumerate(model.layers):
@@ -127,10 +148,10 @@ def from_model(model: nn.Module) -> Graph:
             raise ExportError(f"{p}: unsupported layer type {type(layer).__name__}")
     head = model.head
     b.group("head.lif", (c, 1, 1), "head")
-    b.synapse("head.pool", "pool", x, "head.lif", np.full(c, 1.0 / (T * V * b.M)), "head",
-              bn=_bn(head.bn))
-    b.synapse("head.fc", "readout", ("head.lif",), LOGITS, _np(head.fc.weight), "head",
-              bias=_np(head.fc.bias))
+    b.synapse("head.pool", "pool", x, "head.lif", b.const(np.full(c, 1.0 / (T * V * b.M))), "head",
+              bn=b.bn(head.bn))
+    b.synapse("head.fc", "readout", ("head.lif",), LOGITS, b.arr(head.fc.weight), "head",
+              bias=b.arr(head.fc.bias))
     if b.modalities:
         # eq. 24: the synapses that read the fused spikes see Σ_m w_m·s_m; export.passes.fold_fusion
         # turns them into synapses over the concatenated encoder group
@@ -179,9 +200,9 @@ def _mksgn_layer(b: _Builder, p: str, layer: MKSGNLayer, x, c_in, T):
     h0 = (lif1, lif2)
     lifq = b.group(f"{p}.sg_sa.lifq", (c, T, V), L)
     lifk = b.group(f"{p}.sg_sa.lifk", (c, T, V), L)
-    w = _np(sg.qk.weight)
-    b.synapse(f"{p}.sg_sa.q", "conv", h0, lifq, w[:c], L, bn=_bn(sg.qk_bn, slice(0, c)))
-    b.synapse(f"{p}.sg_sa.k", "conv", h0, lifk, w[c:], L, bn=_bn(sg.qk_bn, slice(c, 2 * c)))
+    w = b.arr(sg.qk.weight)
+    b.synapse(f"{p}.sg_sa.q", "conv", h0, lifq, w[:c], L, bn=b.bn(sg.qk_bn, slice(0, c)))
+    b.synapse(f"{p}.sg_sa.k", "conv", h0, lifk, w[c:], L, bn=b.bn(sg.qk_bn, slice(c, 2 * c)))
     lifkv = b.group(f"{p}.sg_sa.lifkv", (c, T, V), L)
     b.synapse(f"{p}.sg_sa.attn", "attention", (lifq, lifk, lifv), lifkv, np.array(sg.attn.scale), L)
     h_sa = (lif1, lif2, lifkv)
@@ -191,8 +212,8 @@ def _mksgn_layer(b: _Builder, p: str, layer: MKSGNLayer, x, c_in, T):
     res_lif = b.group(f"{p}.stc.res_lif", (c, T2, V), L)
     b.residual(f"{p}.stc.res", stc.res, h_sa, res_lif, L)
     lif = b.group(f"{p}.stc.lif", (c, T2, V), L)
-    b.synapse(f"{p}.stc.tconv", "conv", h_sa, lif, _np(stc.tconv.weight), L, stride=stride,
-              padding=stc.tconv.padding[0], bn=_bn(stc.bn))
+    b.synapse(f"{p}.stc.tconv", "conv", h_sa, lif, b.arr(stc.tconv.weight), L, stride=stride,
+              padding=stc.tconv.padding[0], bn=b.bn(stc.bn))
     b.synapse(f"{p}.stc.res_sum", "affine", (res_lif,), lif, np.ones(c), L)
     return (lif,), c, T2
 
@@ -205,8 +226,8 @@ def _base_layer(b: _Builder, p: str, layer: BaseSGNLayer, x, c_in, T):
     stride = layer.tconv.stride[0]
     T2 = _tconv_out(T, layer.tconv.kernel_size[0], stride)
     lif = b.group(f"{p}.lif", (c, T2, V), p)
-    b.synapse(f"{p}.tconv", "conv", (gl,), lif, _np(layer.tconv.weight), p, stride=stride,
-              padding=layer.tconv.padding[0], bn=_bn(layer.tconv_bn))
+    b.synapse(f"{p}.tconv", "conv", (gl,), lif, b.arr(layer.tconv.weight), p, stride=stride,
+              padding=layer.tconv.padding[0], bn=b.bn(layer.tconv_bn))
     if layer.res is not None:
         b.residual(f"{p}.res", layer.res, x, lif, p)
     return (lif,), c, T2

@@ -37,6 +37,7 @@ import copy
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from .errors import ExportError
 
@@ -114,7 +115,17 @@ class Graph:
     meta: dict = field(default_factory=dict)
 
     def copy(self) -> "Graph":
-        return copy.deepcopy(self)
+        """A deep copy, except that torch tensors (the differentiable IR of
+        :func:`export.frontend.from_model`) are shared, not copied: the passes replace
+        attributes instead of changing arrays in place, and a copied tensor would lose its
+        autograd link to the model's parameters."""
+        memo = {}
+        for obj in list(self.groups.values()) + list(self.synapses.values()):
+            for v in vars(obj).values():
+                for t in (v if isinstance(v, tuple) else (v,)):
+                    if isinstance(t, torch.Tensor):
+                        memo[id(t)] = t
+        return copy.deepcopy(self, memo)
 
     def incoming(self, target: str) -> list:
         """Synapses into ``target`` (a group name or ``"logits"``), in graph order."""

@@ -10,6 +10,7 @@ import copy
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from mksgn.neuron import LIF
 
@@ -19,8 +20,13 @@ from .ir import INPUT, LOGITS, Graph
 from .mapping import attention_order, hop_latency, mark_pairs
 from .twin import run_graph
 
-__all__ = ["fold_bn", "fold_graph", "fold_fusion", "balance_delays", "quantise", "split_residual",
+__all__ = ["fold_bn", "fold_graph", "fold_fusion", "balance_delays", "calibrate", "quantise", "split_residual",
            "spike_exact_rounding", "SPLIT_KINDS"]
+
+
+def _finite(x) -> bool:
+    """All entries finite, for NumPy arrays and (differentiable IR) torch tensors."""
+    return bool(torch.isfinite(x.detach()).all()) if isinstance(x, torch.Tensor) else bool(np.isfinite(x).all())
 
 
 def _out_axis_scale(weight: np.ndarray, kind: str, scale: np.ndarray) -> np.ndarray:
@@ -55,14 +61,19 @@ def fold_bn(graph: Graph) -> Graph:
         tgt = g.groups[s.target]
         if s.bn is not None:
             mean, var, gamma, beta, eps = s.bn
-            a = gamma / np.sqrt(var + eps)
+            if isinstance(var, torch.Tensor):  # differentiable IR: running statistics carry no
+                # gradient; NumPy's sqrt keeps it bit-equal to the NumPy IR (torch's vectorised
+                # sqrt differed by an ulp on some elements)
+                a = gamma / torch.from_numpy(np.sqrt(var.detach().cpu().numpy() + eps))
+            else:
+                a = gamma / np.sqrt(var + eps)
             s.weight = _out_axis_scale(s.weight, s.kind, a)
             tgt.bias = tgt.bias + beta - a * mean
             s.bn = None
         if s.bias is not None:
             tgt.bias = tgt.bias + s.bias
             s.bias = None
-        if not np.isfinite(s.weight).all() or not np.isfinite(tgt.bias).all():
+        if not _finite(s.weight) or not _finite(tgt.bias):
             raise ExportError(f"{s.name}: folding BN gave non-finite values (zero running variance?)")
     return g
 
@@ -73,11 +84,16 @@ def graph_dense(weight: np.ndarray, adjacency: np.ndarray) -> np.ndarray:
     ``out[c', w] = Σ_k Σ_c Σ_v W_k[c', c]·A_k[v, w]·x[c, v]`` with ``W_k[c', c] =
     weight[c', k·C + c]``; returns ``D`` of shape ``(C'·V, C·V)`` with
     ``D[c'·V + w, c·V + v] = Σ_k W_k[c', c]·A_k[v, w]`` — the Kronecker sum
-    ``Σ_k W_k ⊗ A_kᵀ``.
+    ``Σ_k W_k ⊗ A_kᵀ``. A torch ``weight`` (differentiable IR) gives a torch ``D`` with the
+    same values (each entry is one product, summed over ``k`` in the same order).
     """
     K, V, _ = adjacency.shape
     c_out = weight.shape[0]
     c_in = weight.shape[1] // K
+    if isinstance(weight, torch.Tensor):
+        A = torch.as_tensor(np.asarray(adjacency), dtype=weight.dtype)
+        Wk = weight.reshape(c_out, K, c_in).permute(1, 0, 2)  # (K, C', C)
+        return sum(torch.kron(Wk[k].contiguous(), A[k].T.contiguous()) for k in range(K))
     Wk = weight.reshape(c_out, K, c_in).transpose(1, 0, 2)  # (K, C', C)
     return sum(np.kron(Wk[k], adjacency[k].T) for k in range(K))
 
@@ -95,7 +111,7 @@ def fold_graph(graph: Graph) -> Graph:
                 raise ExportError(f"{s.name}: run fold_bn before fold_graph")
             s.weight = graph_dense(s.weight, s.adjacency)
             s.adjacency = None
-            s.meta["nnz"] = int(np.count_nonzero(s.weight))
+            s.meta["nnz"] = int((s.weight != 0).sum())
     return g
 
 
@@ -317,8 +333,69 @@ def split_residual(s, w_scaled: np.ndarray) -> list:
     return out
 
 
+def _quantise_incoming(g: Graph, name: str, grp, S: float, input_frac_bits: int, weight_split, report: dict,
+                       residuals: dict) -> None:
+    """Mantissas and ``weight_exp`` of every synapse into group ``name`` at its scale ``S``
+    (in place), the split partners or spike-exact roundings, and their report entries."""
+    for s in g.incoming(name):
+        w = _calib_weight(s, input_frac_bits)
+        mant, exp, _ = fx.quantise_weights(w, current_scale=S)
+        if exp >= fx.WEIGHT_EXP_MAX and np.abs(w).max() * S / 2.0 ** exp > 2 ** fx.MAX_WEIGHT_BITS:
+            raise ExportError(f"{s.name}: weights up to {np.abs(w).max():.3g} need weight_exp > "
+                              f"{fx.WEIGHT_EXP_MAX} at scale {S:g}; they cannot be represented")
+        s.weight_mant, s.weight_exp = np.asarray(mant, dtype=np.int64), int(exp)
+        moved, lows = 0, []
+        if s.kind in weight_split:
+            lows = split_residual(s, w * S)
+        elif s.kind == "affine" and len(s.sources) == 1 and len(g.incoming(name)) == 1:
+            s.weight_mant, moved = spike_exact_rounding(w, s.weight_mant, s.weight_exp, grp, g.time_steps)
+        eff = s.weight_mant * 2.0 ** exp + (lows[0].weight_mant * 2.0 ** lows[0].weight_exp if lows else 0)
+        err = np.abs(eff - w * S).max() / max(np.abs(w * S).max(), 1e-30)
+        report["synapses"][s.name] = {"weight_exp": int(exp), "max_rel_weight_error": float(err),
+                                      **({"spike_exact_channels_moved": moved} if moved else {}),
+                                      **({"split": [lo.name for lo in lows],
+                                          "low_weight_exp": lows[0].weight_exp} if lows else {})}
+        residuals[s.name] = lows
+
+
+def calibrate(graph: Graph, calib_x, input_frac_bits: int | None = None) -> dict:
+    """Run the float graph on calibration clips: each neuron group's largest |input current|
+    (threshold units, bias included) and the host input's resolution.
+
+    Parameters
+    ----------
+    graph : Graph
+        BN and adjacency folded.
+    calib_x : Tensor ``(N, C, T, V, M)``
+        Calibration clips (real training clips).
+    input_frac_bits : int, optional
+        Default: the most bits (≤ 12) with ``max|x|·2^bits < 2¹⁵`` on the calibration clips.
+
+    Returns
+    -------
+    dict: ``input_frac_bits`` (int), ``max_current`` (group → float; 0 for a group silent on
+    every clip).
+
+    Raises
+    ------
+    ExportError
+        Unfolded BN/adjacency or no calibration clips.
+    """
+    for s in graph.synapses.values():
+        if s.bn is not None or s.adjacency is not None:
+            raise ExportError(f"{s.name}: fold BN and adjacency before quantising")
+    if calib_x is None or len(calib_x) == 0:
+        raise ExportError("quantisation needs calibration clips (--calib-data)")
+    ref = run_graph(graph, calib_x, mode="float", track_currents=True)
+    if input_frac_bits is None:
+        xmax = float(calib_x.abs().max())
+        input_frac_bits = int(min(MAX_INPUT_FRAC_BITS, np.floor(np.log2(fx.INPUT_MAX / max(2 * xmax, 1e-9)))))
+    return {"input_frac_bits": int(input_frac_bits),
+            "max_current": {name: ref.currents_absmax.get(name, 0.0) for name in graph.groups}}
+
+
 def quantise(graph: Graph, calib_x, input_frac_bits: int | None = None,
-             weight_split: Sequence[str] = SPLIT_KINDS) -> Graph:
+             weight_split: Sequence[str] = SPLIT_KINDS, scales: dict | None = None) -> Graph:
     """Quantise to Loihi fixed point with per-layer scales calibrated on real clips.
 
     Per neuron group a power-of-two current scale ``S`` (integer ``a_in`` per unit of float
@@ -354,6 +431,12 @@ def quantise(graph: Graph, calib_x, input_frac_bits: int | None = None,
         Default: the most bits (≤ 12) with ``max|x|·2^bits < 2¹⁵`` on the calibration clips.
     weight_split : sequence of synapse kinds
         Kinds to split (default :data:`SPLIT_KINDS`; ``()`` = plain 8-bit weights).
+    scales : dict, optional
+        A grid fixed in advance instead of calibrating: ``{"input_frac_bits": int, "groups":
+        {group: S}}`` (quantisation-aware training, :mod:`export.qat`, holds the calibrated
+        scales between recalibrations and re-derives only the weights; ``calib_x`` is then
+        not used). Mantissas, ``weight_exp``, ``vth_mant`` and biases follow from ``S`` by the
+        same rules.
 
     Returns
     -------
@@ -369,59 +452,46 @@ def quantise(graph: Graph, calib_x, input_frac_bits: int | None = None,
         ``MIN_VTH_MANT`` (cannot be represented).
     """
 
-    for s in graph.synapses.values():
-        if s.bn is not None or s.adjacency is not None:
-            raise ExportError(f"{s.name}: fold BN and adjacency before quantising")
-    if calib_x is None or len(calib_x) == 0:
-        raise ExportError("quantisation needs calibration clips (--calib-data)")
+    if scales is None:
+        cal = calibrate(graph, calib_x, input_frac_bits)
+        input_frac_bits = cal["input_frac_bits"]
+    else:
+        for s in graph.synapses.values():
+            if s.bn is not None or s.adjacency is not None:
+                raise ExportError(f"{s.name}: fold BN and adjacency before quantising")
+        missing = sorted(set(graph.groups) - set(scales["groups"]))
+        if missing:
+            raise ExportError(f"the given scales name no scale for neuron group(s) {missing[:3]}")
+        input_frac_bits = int(scales["input_frac_bits"])
     g = graph.copy()
-    ref = run_graph(graph, calib_x, mode="float", track_currents=True)
-    if input_frac_bits is None:
-        xmax = float(calib_x.abs().max())
-        input_frac_bits = int(min(MAX_INPUT_FRAC_BITS, np.floor(np.log2(fx.INPUT_MAX / max(2 * xmax, 1e-9)))))
     g.meta["input_frac_bits"] = int(input_frac_bits)
     report = {"groups": {}, "synapses": {}}
     residuals = {}
     for name, grp in g.groups.items():
-        imax = ref.currents_absmax.get(name, 0.0)  # 0: silent on every clip
-        bmax = float(np.abs(grp.bias).max()) if grp.bias.size else 0.0
-        wmax = max(np.abs(_calib_weight(s, input_frac_bits)).max() for s in g.incoming(name))
-        limits = [STATE_BUDGET / imax if imax > 0 else np.inf, fx.VTH_MAX / grp.threshold,
-                  fx.weight_grid(fx.WEIGHT_BITS, fx.MIXED)[2] * 2.0 ** fx.WEIGHT_EXP_MAX / max(wmax, 1e-30),
-                  np.inf if bmax == 0 else
-                  fx.BIAS_MANT_MAX * 2 ** fx.BIAS_EXP_MAX / (bmax * 2 ** fx.ACT_SHIFT)]
-        S = _pow2_floor(min(limits))
-        if grp.threshold * S < MIN_VTH_MANT:
-            why = ["currents", "the threshold", "weights", "biases"][int(np.argmin(limits))]
-            raise ExportError(f"neuron group {name}: {why} too large to represent (max current "
-                              f"{imax:.3g}, max weight {wmax:.3g}, max bias {bmax:.3g} thresholds); vth "
-                              f"mantissa would be {grp.threshold * S:.3g} < {MIN_VTH_MANT}")
+        if scales is not None:
+            S, imax, why = float(scales["groups"][name]), None, "given"
+        else:
+            imax = cal["max_current"][name]  # 0: silent on every clip
+            bmax = float(np.abs(grp.bias).max()) if grp.bias.size else 0.0
+            wmax = max(np.abs(_calib_weight(s, input_frac_bits)).max() for s in g.incoming(name))
+            limits = [STATE_BUDGET / imax if imax > 0 else np.inf, fx.VTH_MAX / grp.threshold,
+                      fx.weight_grid(fx.WEIGHT_BITS, fx.MIXED)[2] * 2.0 ** fx.WEIGHT_EXP_MAX / max(wmax, 1e-30),
+                      np.inf if bmax == 0 else
+                      fx.BIAS_MANT_MAX * 2 ** fx.BIAS_EXP_MAX / (bmax * 2 ** fx.ACT_SHIFT)]
+            S = _pow2_floor(min(limits))
+            why = ["state", "vth", "weights", "bias"][int(np.argmin(limits))]
+            if grp.threshold * S < MIN_VTH_MANT:
+                what = {"state": "currents", "vth": "the threshold", "weights": "weights", "bias": "biases"}[why]
+                raise ExportError(f"neuron group {name}: {what} too large to represent (max current "
+                                  f"{imax:.3g}, max weight {wmax:.3g}, max bias {bmax:.3g} thresholds); vth "
+                                  f"mantissa would be {grp.threshold * S:.3g} < {MIN_VTH_MANT}")
         grp.scale = S
         grp.du = fx.DU_MAX
         grp.dv = int(fx.quantise_decay(grp.beta))
         grp.vth_mant = int(fx.quantise_threshold(grp.threshold, S))
         grp.bias_mant, grp.bias_exp = (np.asarray(a, dtype=np.int64) for a in fx.quantise_bias(grp.bias, S))
-        report["groups"][name] = {"scale": S, "vth_mant": grp.vth_mant, "max_current": imax,
-                                  "limited_by": ["state", "vth", "weights", "bias"][int(np.argmin(limits))]}
-        for s in g.incoming(name):
-            w = _calib_weight(s, input_frac_bits)
-            mant, exp, _ = fx.quantise_weights(w, current_scale=S)
-            if exp >= fx.WEIGHT_EXP_MAX and np.abs(w).max() * S / 2.0 ** exp > 2 ** fx.MAX_WEIGHT_BITS:
-                raise ExportError(f"{s.name}: weights up to {np.abs(w).max():.3g} need weight_exp > "
-                                  f"{fx.WEIGHT_EXP_MAX} at scale {S:g}; they cannot be represented")
-            s.weight_mant, s.weight_exp = np.asarray(mant, dtype=np.int64), int(exp)
-            moved, lows = 0, []
-            if s.kind in weight_split:
-                lows = split_residual(s, w * S)
-            elif s.kind == "affine" and len(s.sources) == 1 and len(g.incoming(name)) == 1:
-                s.weight_mant, moved = spike_exact_rounding(w, s.weight_mant, s.weight_exp, grp, g.time_steps)
-            eff = s.weight_mant * 2.0 ** exp + (lows[0].weight_mant * 2.0 ** lows[0].weight_exp if lows else 0)
-            err = np.abs(eff - w * S).max() / max(np.abs(w * S).max(), 1e-30)
-            report["synapses"][s.name] = {"weight_exp": int(exp), "max_rel_weight_error": float(err),
-                                          **({"spike_exact_channels_moved": moved} if moved else {}),
-                                          **({"split": [lo.name for lo in lows],
-                                              "low_weight_exp": lows[0].weight_exp} if lows else {})}
-            residuals[s.name] = lows
+        report["groups"][name] = {"scale": S, "vth_mant": grp.vth_mant, "max_current": imax, "limited_by": why}
+        _quantise_incoming(g, name, grp, S, input_frac_bits, weight_split, report, residuals)
     for s in g.incoming("logits"):
         mant, exp, scale = fx.quantise_weights(s.weight)
         s.weight_mant, s.weight_exp = np.asarray(mant, dtype=np.int64), int(exp)

@@ -77,8 +77,9 @@ def synapse_op(s: Synapse, xs: list, weight: np.ndarray | torch.Tensor, num_bodi
     s : Synapse
     xs : list of Tensor
         Source tensors ``(B, C, T, V)`` (summed, except for attention: ``[Q, K, V]``).
-    weight : array
-        ``s.weight`` (float) or ``s.weight_mant`` (integer-valued).
+    weight : array or Tensor
+        ``s.weight`` (float) or ``s.weight_mant`` (integer-valued); a tensor is used as it is
+        (dtype and autograd graph kept: :mod:`export.qat`).
     num_bodies : int
         M, for the pool's sum over bodies.
 
@@ -86,7 +87,7 @@ def synapse_op(s: Synapse, xs: list, weight: np.ndarray | torch.Tensor, num_bodi
     -------
     Tensor ``(B, C', T', V)``; ``(N, C, 1, 1)`` for pool; ``(N, classes)`` for readout.
     """
-    w = torch.as_tensor(np.asarray(weight), dtype=torch.float64)
+    w = weight if isinstance(weight, torch.Tensor) else torch.as_tensor(np.asarray(weight), dtype=torch.float64)
     if s.kind == "attention":
         return attention_op(s, xs, w)[0]
     x = xs[0]
@@ -149,7 +150,7 @@ def _float_post(s: Synapse, y: torch.Tensor) -> torch.Tensor:
 
 
 def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
-              track_currents: bool = False) -> RunResult:
+              track_currents: bool = False, hook=None) -> RunResult:
     """Run the graph on a batch of clips.
 
     Parameters
@@ -163,6 +164,14 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
         Groups whose per-step spikes (and u, v, a_in in integer mode) are returned.
     track_currents : bool
         Float mode: record each group's max |input current| (threshold units) for calibration.
+    hook : object, optional
+        Integer mode: straight-through gradients for quantisation-aware training
+        (:class:`export.qat.StraightThrough`). The integers computed are unchanged; the
+        hook supplies ``weight(s)`` (the synapse's mantissas as a tensor whose gradient
+        reaches the float weights), ``current(s, acc, y)`` (the exact shifted input ``y``
+        with the gradient of the unshifted sum ``acc``), ``spike(name, group, a_in, v_pre,
+        spikes)`` (the exact spikes with a surrogate gradient) and ``start(graph)`` (once
+        per call). The returned logits then carry an autograd graph.
 
     Returns
     -------
@@ -196,6 +205,10 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
             result.saturation[name] = {"v_clip": 0, "u_wrap": 0}
     incoming = {name: graph.incoming(name) for name in list(graph.groups) + [LOGITS]}
     logits = 0
+    if hook is not None:
+        if not integer:
+            raise ValueError("a straight-through hook needs mode='int'")
+        hook.start(graph)
     for t in range(steps):
         spikes = {}
         for name, g in graph.groups.items():
@@ -210,7 +223,10 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
                         y = fx.shift_exp(y, s.weight_exp)
                         result.attention_mid.setdefault(s.name, []).append(mid)
                     elif integer:
-                        y = fx.shift_exp(synapse_op(s, xs, s.weight_mant, M), s.weight_exp)
+                        acc = synapse_op(s, xs, s.weight_mant if hook is None else hook.weight(s), M)
+                        y = fx.shift_exp(acc, s.weight_exp)
+                        if hook is not None:
+                            y = hook.current(s, acc, y)
                     else:
                         y = _float_post(s, synapse_op(s, xs, s.weight, M))
                     if s.sources == (INPUT,):
@@ -224,11 +240,13 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
                 u, v, s_out, flags = fx.lif_step_torch(
                     u0, v0, a_in, g.du, g.dv, g.vth_mant,
                     torch.as_tensor(g.bias_mant).view(per_channel),
-                    torch.as_tensor(g.bias_exp).view(per_channel))
+                    torch.as_tensor(g.bias_exp).view(per_channel), with_pre=hook is not None)
                 sat["v_clip"] += flags["v_clip"]
                 sat["u_wrap"] += flags["u_wrap"]
                 state[name] = (u, v)
                 sp = s_out.to(torch.float64)
+                if hook is not None:
+                    sp = hook.spike(name, g, cur, flags["v_pre"], sp)
             else:
                 bias = torch.as_tensor(g.bias, dtype=torch.float64).view(1, -1, 1, 1)
                 current = cur + bias
@@ -253,8 +271,10 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
         for s in incoming[LOGITS]:
             xs = [spikes[u] for u in s.sources]
             if integer:
-                y = fx.shift_exp(synapse_op(s, xs, s.weight_mant, M), s.weight_exp) \
-                    + torch.as_tensor(s.meta["bias_int"], dtype=torch.float64)
+                acc = synapse_op(s, xs, s.weight_mant if hook is None else hook.weight(s), M)
+                y = fx.shift_exp(acc, s.weight_exp) + torch.as_tensor(s.meta["bias_int"], dtype=torch.float64)
+                if hook is not None:
+                    y = hook.current(s, acc, y)
             else:
                 y = _float_post(s, synapse_op(s, xs, s.weight, M))
             logits = logits + y

@@ -1,0 +1,51 @@
+"""The quantisation grid of an exported graph as a record: what a quantisation-aware
+training checkpoint stores (:mod:`export.qat`) and ``mksgn-export`` compares with the grid it
+computes (issue 14). The grid itself is made by :func:`export.passes.quantise`; this module
+only describes and compares it.
+"""
+from __future__ import annotations
+
+import math
+
+from .ir import Graph
+
+__all__ = ["grid_record", "compare_grids"]
+
+
+def grid_record(q: Graph) -> dict:
+    """The grid of a quantised graph, as a QAT checkpoint records it and ``mksgn-export`` checks it:
+    ``input_frac_bits``, ``weight_split`` (kinds), per neuron group ``scale_exp`` (log2 of the
+    current scale ``S``), ``vth_mant``, ``du``, ``dv``; per synapse its ``weight_exp``; the
+    readout's ``scale_exp``. Only Python ints, lists and strings (a ``weights_only`` load reads it)."""
+    rep = q.meta["quantisation"]
+    return {"input_frac_bits": int(q.meta["input_frac_bits"]),
+            "weight_split": list(rep.get("weight_split", [])),
+            "groups": {n: {"scale_exp": int(round(math.log2(g.scale))), "vth_mant": int(g.vth_mant),
+                           "du": int(g.du), "dv": int(g.dv)} for n, g in q.groups.items()},
+            "synapses": {n: int(s.weight_exp) for n, s in q.synapses.items() if not s.meta.get("split_of")},
+            "readout_scale_exp": int(round(math.log2(q.meta["readout_scale"])))}
+
+
+def compare_grids(recorded: dict, computed: dict) -> list:
+    """Where a checkpoint's recorded QAT grid and the export's differ: a list of lines such as
+    ``"neuron group layers.0.stc.lif: scale_exp 9 (trained) vs 8 (export)"``; empty when equal."""
+    out = []
+
+    def diff(what, a, b):
+        if a != b:
+            out.append(f"{what}: {a!r} (trained) vs {b!r} (export)")
+
+    diff("input_frac_bits", recorded.get("input_frac_bits"), computed["input_frac_bits"])
+    diff("weight_split", sorted(recorded.get("weight_split", [])), sorted(computed["weight_split"]))
+    diff("readout scale_exp", recorded.get("readout_scale_exp"), computed["readout_scale_exp"])
+    rg, cg = recorded.get("groups", {}), computed["groups"]
+    for n in sorted(set(rg) | set(cg)):
+        if n not in rg or n not in cg:
+            out.append(f"neuron group {n}: only in the {'export' if n in cg else 'trained'} grid")
+            continue
+        for k in ("scale_exp", "vth_mant", "du", "dv"):
+            diff(f"neuron group {n} {k}", rg[n].get(k), cg[n][k])
+    rs, cs = recorded.get("synapses", {}), computed["synapses"]
+    for n in sorted(set(rs) | set(cs)):
+        diff(f"synapse {n} weight_exp", rs.get(n), cs.get(n))
+    return out
