@@ -157,6 +157,8 @@ _ALLOWED = {
     ("builtins", "frozenset"): frozenset,
     ("builtins", "bytearray"): _bytearray,
 }
+_ALLOWED.update({("__builtin__", name): fn for (mod, name), fn in list(_ALLOWED.items()) if mod == "builtins"})
+# (protocol <= 2 pickles name the builtins module by its Python 2 name)
 
 
 class SafeUnpickler(pickle._Unpickler):  # noqa: SLF001 - the pure-Python unpickler, so BUILD can be checked
