@@ -45,10 +45,12 @@ from .passes import SPLIT_KINDS
 from .pipeline import export_graph
 from .resources import format_resources, resources
 from .twin import run_graph
+from .writers.nir_writer import nir_notes
 
 TARGETS = {"lava": "network.net", "onnx": "model.onnx", "nir": "network.nir"}
 MANIFEST_VERSION = 1
-_PACKAGES = ("mksgn", "lava-nc", "lava-dl", "torch", "numpy", "onnx", "onnxruntime", "nir", "h5py")
+_PACKAGES = ("mksgn", "lava-nc", "lava-dl", "torch", "numpy", "onnx", "onnxruntime", "nir", "nirtorch", "snntorch",
+             "h5py")
 
 
 def _versions() -> dict:
@@ -119,7 +121,9 @@ class ExportSummary:
     manifest: dict
 
     def format(self) -> str:
+        notes = self.manifest.get("not_expressed") or []
         return (format_layer_table(self.layers) + "\n\n" + format_resources(self.resources)
+                + "".join(f"\nNIR does not express: {n}" for n in notes)
                 + f"\n\nwrote {self.out_dir}/ ({', '.join(sorted(self.manifest['files']) + ['manifest.json'])})")
 
 
@@ -276,6 +280,8 @@ def run_export(checkpoint: str | Path, target: str, out_dir: str | Path | None, 
             "latency": graph.meta["latency"], "readout_latency": graph.meta["readout_latency"],
             "calibration": graph.meta["calibration"], "versions": _versions(), "files": files,
         }
+        if target == "nir":  # what NIR cannot express, said in the manifest and the log
+            manifest["not_expressed"] = nir_notes(graph)
         (tmp / "manifest.json").write_text(_json(manifest))
         if out_dir.exists():  # a previous export (check_out_dir): swap, then remove the old one
             old = out_dir.with_name(tmp.name[:-len(".tmp")] + ".old")
