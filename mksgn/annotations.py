@@ -246,6 +246,9 @@ class Collection:
         Where the class names came from (the file, NTU RGB+D 60/120, numbered).
     layout : Layout or None
         The layout the file names (``.npz`` ``layout``), else None.
+    planar : bool
+        2-D keypoints stored as ``(x, y, score)`` (a pyskl file with C = 2): not rotated in
+        training (:func:`mksgn.preprocess.preprocess`).
     """
 
     path: Path
@@ -255,6 +258,7 @@ class Collection:
     class_names: tuple
     class_source: str
     layout: Layout | None = None
+    planar: bool = False
     protocols: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -438,7 +442,8 @@ def read_pyskl(path) -> Collection:
             resolved[s] = [index[n] for n in names]
         splits = resolved
     names, source = dataset_class_names(max(c.label for c in clips), splits or (), doc.get("class_names"), path)
-    return Collection(path, "pyskl", clips, splits, names, source)
+    planar = any(isinstance(a.get("keypoint"), np.ndarray) and a["keypoint"].shape[-1] == 2 for a in anns)
+    return Collection(path, "pyskl", clips, splits, names, source, planar=planar)
 
 
 def _npz_array(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> np.ndarray:

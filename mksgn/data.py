@@ -286,5 +286,6 @@ class SkeletonDataset(Dataset):
     def __getitem__(self, index: int):
         clip = self.clips[index]
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
-        arrays = preprocess(clip.skeleton, self.layout, self.modalities, self.train, rng)
+        planar = self.collection is not None and self.collection.planar  # 2-D (x, y, score): no rotation
+        arrays = preprocess(clip.skeleton, self.layout, self.modalities, self.train, rng, planar=planar)
         return {m: torch.from_numpy(a) for m, a in arrays.items()}, clip.label

@@ -28,7 +28,7 @@ def _present(data: np.ndarray) -> np.ndarray:
     return (data != 0).any(axis=(0, 2))
 
 
-def centre(data: np.ndarray, layout: Layout) -> np.ndarray:
+def centre(data: np.ndarray, layout: Layout, channels: int | None = None) -> np.ndarray:
     """Subtract the centre joint of the first frame of body 0 from every present joint.
 
     Origin = ``data[:, t0, layout.centre_joint, 0]`` with ``t0`` the first frame where
@@ -39,6 +39,9 @@ def centre(data: np.ndarray, layout: Layout) -> np.ndarray:
     ----------
     data : np.ndarray, shape ``(C, T, V, M)``, metres
     layout : Layout
+    channels : int, optional
+        Only the first ``channels`` channels move (2 for 2-D ``(x, y, score)`` keypoints);
+        default all.
 
     Returns
     -------
@@ -48,7 +51,9 @@ def centre(data: np.ndarray, layout: Layout) -> np.ndarray:
     frames = np.flatnonzero(present[:, 0])
     if len(frames) == 0:
         return data.copy()
-    origin = data[:, frames[0], layout.centre_joint, 0]
+    origin = data[:, frames[0], layout.centre_joint, 0].copy()
+    if channels is not None:  # only the coordinate channels move (2-D: x, y of (x, y, score))
+        origin[channels:] = 0
     out = data - origin[:, None, None, None]
     return np.where(present[None, :, None, :], out, 0).astype(np.float32)
 
@@ -169,7 +174,7 @@ def modality(joint: np.ndarray, name: str, layout: Layout) -> np.ndarray:
 
 
 def preprocess(skeleton: np.ndarray, layout: Layout, modalities: tuple, train: bool,
-               rng: np.random.Generator | None = None) -> dict:
+               rng: np.random.Generator | None = None, planar: bool = False) -> dict:
     """The full pipeline for one clip: centre → pad bodies → crop/resize → (rotate) → modalities.
 
     Parameters
@@ -183,14 +188,18 @@ def preprocess(skeleton: np.ndarray, layout: Layout, modalities: tuple, train: b
         Random crop (50–100 %) and random rotation if True; central 95 % crop otherwise.
     rng : np.random.Generator, optional
         Required when ``train`` is True.
+    planar : bool
+        2-D keypoints stored as ``(x, y, score)`` (:mod:`mksgn.annotations`): centring moves x
+        and y only and training does not rotate (a 3-D rotation would mix the score into x, y;
+        pyskl's 2-D GCN pipelines do not rotate either).
 
     Returns
     -------
     dict
         modality name → float32 array ``(C, layout.window, V, layout.max_bodies)``.
     """
-    data = pad_bodies(centre(skeleton, layout), layout.max_bodies)
+    data = pad_bodies(centre(skeleton, layout, 2 if planar else None), layout.max_bodies)
     data = valid_crop_resize(data, layout.window, TRAIN_CROP if train else TEST_CROP, rng)
-    if train:
+    if train and not planar:
         data = random_rotation(data, rng)
     return {m: modality(data, m, layout) for m in modalities}

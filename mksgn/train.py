@@ -19,6 +19,7 @@ overrides), :func:`_build` (teachers, data, model, optimisers), :func:`_initiali
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -33,6 +34,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .checkpoint import checkpoint_fusion_rule, git_revision, load_checkpoint, load_state, save_checkpoint
+from . import distributed
 from .config_check import check_document, check_train_values
 from .data import SkeletonDataset
 from .distill import DEFAULT_ALPHAS, Distiller
@@ -47,6 +49,8 @@ from .preprocess import MODALITIES
 __all__ = ["TrainConfig", "load_config", "train", "MineTrainer", "MINE_OPTIMIZERS"]
 
 MINE_OPTIMIZERS = ("adam", "sgd")
+#: ``train.amp`` → autocast dtype (None: float32 throughout).
+AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -153,6 +157,14 @@ class TrainConfig:
         Torch device of the model, the teachers and the batches: ``"cpu"`` (default) or
         ``"cuda"`` / ``"cuda:N"`` (``mksgn-train --device`` overrides). Data loading and
         augmentation stay on the CPU; checkpoints are always written with CPU tensors.
+        Under ``torchrun`` (``WORLD_SIZE > 1``) each process takes ``batch_size / world``
+        clips of every global batch (:mod:`mksgn.distributed`): ``gloo`` on the CPU,
+        ``nccl`` with ``cuda`` (one GPU per local rank).
+    amp : {"off", "fp16", "bf16"}
+        Mixed precision on CUDA (with ``mksgn-train --device cuda``): forward and loss under
+        ``torch.autocast`` in that dtype; ``fp16`` scales the loss with
+        ``torch.cuda.amp.GradScaler`` (its state is kept in ``last.pt``). Refused on the
+        CPU, where training stays float32 (unchanged).
     """
 
     epochs: int = 64
@@ -191,6 +203,7 @@ class TrainConfig:
     kd_beta2: float = 1.0
     kd_ftm_lr: float = 0.1
     device: str = "cpu"
+    amp: str = "off"
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -245,6 +258,8 @@ class TrainConfig:
             raise ConfigError(f"train.smf_init_weight must be {len(MODALITIES)} numbers >= 0 in the order "
                               f"{list(MODALITIES)} (got {cfg.smf_init_weight!r})")
         _device(cfg.device)  # a bad name is refused here, a missing GPU only when training starts
+        if cfg.amp not in AMP_DTYPES:
+            raise ConfigError(f"train.amp must be one of {list(AMP_DTYPES)} (got {cfg.amp!r})")
         if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
             raise ConfigError("train.epochs and train.batch_size must be ≥ 1 and train.lr > 0")
         if not 0 <= cfg.weight_noise < 1:
@@ -469,6 +484,9 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
         Non-empty switches on distillation (eq. 32; :mod:`mksgn.distill`).
     device : ``"cpu"`` or ``"cuda"``, optional
         Overrides ``train.device`` (where the model, teachers and batches live).
+        Started by ``torchrun`` (``WORLD_SIZE > 1``): data parallel with DDP over the
+        processes, same global batch (:mod:`mksgn.distributed`); rank 0 alone writes files
+        and logs.
     layout : str, optional
         Replaces ``model.layout``: a built-in name or a layout JSON file (``mksgn-train
         --layout``); the checkpoint stores the whole layout (:func:`mksgn.graph.layout_record`).
@@ -501,9 +519,11 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
         CTR-GCN or does not fit the student's layout/classes, a student that is not MK-SGN;
         resuming a distillation run without its teachers (or the other way round).
     """
-    run = _build(*_settings(config_path, epochs, modality, teachers, device, layout), config_path, data_root,
-                 out_dir, threads, log)
+    mcfg, tcfg, dev = _settings(config_path, epochs, modality, teachers, device, layout)
+    ddp, dev = distributed.setup(dev)
+    run = _build(mcfg, tcfg, dev, config_path, data_root, out_dir, threads, log if ddp.main else _quiet, ddp)
     _initialise(run)
+    _parallel(run)
     if resume:
         _restore(run)
     log(run.summary())
@@ -512,7 +532,13 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
         rec = _train_epoch(run, epoch)
         _test_and_record(run, epoch, rec)
         _save_last(run, epoch + 1)
-    return _save_final(run, t_start)
+    metrics = _save_final(run, t_start)
+    distributed.teardown(run.ddp)
+    return metrics
+
+
+def _quiet(*_args) -> None:
+    """The log of ranks > 0 (rank 0 logs for the run)."""
 
 
 class MineTrainer:
@@ -616,6 +642,9 @@ class _Run:
     mine: MineTrainer | None = None
     kd: Distiller | None = None
     gen: torch.Generator = None
+    ddp: distributed.Dist = field(default_factory=distributed.Dist)
+    net: torch.nn.Module | None = None  # what a step calls: the model, or its DDP wrapper
+    scaler: torch.cuda.amp.GradScaler | None = None  # train.amp = "fp16"
     start: int = 0
     history: list = field(default_factory=list)
     parent: dict | None = None
@@ -667,7 +696,7 @@ def _settings(config_path, epochs, modality, teachers, device, layout=None) -> t
 
 
 def _build(mcfg: ModelConfig, tcfg: TrainConfig, dev: torch.device, config_path, data_root, out_dir, threads,
-           log) -> _Run:
+           log, ddp: distributed.Dist = distributed.Dist()) -> _Run:
     """Teachers, data, model and optimisers, in the order that fixes the random draws
     (teachers before the seed; model, then FTMs after it)."""
     smf = mcfg.fusion == "smf"
@@ -680,9 +709,10 @@ def _build(mcfg: ModelConfig, tcfg: TrainConfig, dev: torch.device, config_path,
     student_mods = list(tcfg.modalities)
     data_mods = list(MODALITIES) if tcfg.teachers else student_mods
     # the data must fit the model's layout (joints, and the file's own layout if it names one)
-    train_set = SkeletonDataset(data_root, "train", data_mods, tcfg.protocol, seed=tcfg.seed, progress=True,
+    train_set = SkeletonDataset(data_root, "train", data_mods, tcfg.protocol, seed=tcfg.seed, progress=ddp.main,
                                 layout=mcfg.layout)
-    test_set = SkeletonDataset(data_root, "test", student_mods, tcfg.protocol, progress=True, layout=mcfg.layout)
+    test_set = SkeletonDataset(data_root, "test", student_mods, tcfg.protocol, progress=ddp.main,
+                               layout=mcfg.layout)
     if len(train_set.class_names) != mcfg.num_classes:
         raise ConfigError(f"{config_path}: model.num_classes is {mcfg.num_classes} but the data has "
                           f"{len(train_set.class_names)} classes ({train_set.class_names[0]!r}, ...); set "
@@ -697,7 +727,29 @@ def _build(mcfg: ModelConfig, tcfg: TrainConfig, dev: torch.device, config_path,
     return _Run(mcfg, tcfg, config_path, Path(out_dir), log, dev, student_mods, train_set, test_set, model,
                 net_params, opt, mine=MineTrainer(model, tcfg) if smf else None,
                 kd=Distiller(t_models, t_info, mcfg, tcfg, dev) if tcfg.teachers else None,
-                gen=torch.Generator().manual_seed(tcfg.seed))
+                gen=torch.Generator().manual_seed(tcfg.seed), ddp=ddp)
+
+
+def _parallel(run: _Run) -> None:
+    """What a training step calls (:attr:`_Run.net`): the model, or under torchrun its DDP
+    wrapper with global-batch BatchNorm (:func:`mksgn.distributed.wrap`); and the fp16
+    GradScaler. Mixed precision and DDP cover plain cross-entropy training only."""
+    tcfg = run.tcfg
+    plain = run.kd is None and run.mine is None and getattr(run, "forward", None) is None
+    if tcfg.amp != "off":
+        if run.dev.type != "cuda":
+            raise ConfigError(f"train.amp {tcfg.amp!r} needs --device cuda (on the CPU training stays float32); "
+                              "set train.amp to \"off\" or train on a GPU")
+        if not plain:
+            raise ConfigError(f"{run.config_path}: train.amp supports plain cross-entropy training only (no "
+                              "distillation, SMF or QAT)")
+        if tcfg.amp == "fp16":
+            run.scaler = torch.cuda.amp.GradScaler()
+    distributed.check_plain(run.ddp, run.kd, run.mine, getattr(run, "forward", None), run.config_path)
+    if run.ddp.active and tcfg.batch_size % run.ddp.world:
+        raise ConfigError(f"{run.config_path}: train.batch_size {tcfg.batch_size} is the global batch and must be "
+                          f"a multiple of the {run.ddp.world} processes")
+    run.net = distributed.wrap(run.model, run.ddp, run.dev)
 
 
 def _initialise(run: _Run) -> None:
@@ -748,6 +800,8 @@ def _restore(run: _Run) -> None:
         run.mine.load_state_dict(ckpt)
     if run.kd is not None:
         run.kd.load_state_dict(ckpt, str(last))
+    if run.scaler is not None and "grad_scaler" in ckpt:
+        run.scaler.load_state_dict(ckpt["grad_scaler"])
     run.start, run.history = ckpt["epoch"], list(ckpt["metrics"].get("history", []))
     run.log(f"resuming from {last} at epoch {run.start}")
 
@@ -759,9 +813,15 @@ def _train_epoch(run: _Run, epoch: int) -> dict:
     # per-epoch seeds (shuffle, dropout, MINE's frame permutations): a resumed run equals an
     # uninterrupted one
     run.gen.manual_seed(tcfg.seed * 1000 + epoch)
-    torch.manual_seed(tcfg.seed * 1000 + epoch)
-    loader = DataLoader(run.train_set, batch_size=tcfg.batch_size, shuffle=True, generator=run.gen,
-                        drop_last=True)
+    torch.manual_seed(tcfg.seed * 1000 + epoch + distributed.RANK_SEED_STRIDE * run.ddp.rank)
+    if run.ddp.active:  # this rank's share of the single-process global batches
+        sampler = distributed.GlobalBatchSampler(len(run.train_set), tcfg.batch_size, run.gen, run.ddp.rank,
+                                                 run.ddp.world)
+        loader = DataLoader(run.train_set, batch_size=tcfg.batch_size // run.ddp.world, sampler=sampler,
+                            drop_last=True)
+    else:
+        loader = DataLoader(run.train_set, batch_size=tcfg.batch_size, shuffle=True, generator=run.gen,
+                            drop_last=True)
     run.model.train()
     for part in (run.kd, run.mine):
         if part is not None:
@@ -769,7 +829,7 @@ def _train_epoch(run: _Run, epoch: int) -> dict:
     seen = correct = 0
     loss_sum = 0.0
     t0 = time.time()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tcfg.epochs}", unit="batch", leave=False)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tcfg.epochs}", unit="batch", leave=False, disable=not run.ddp.main)
     for i, (x, y) in enumerate(bar):
         lr = tcfg.lr_at(epoch + i / len(loader))
         loss, logits, y = _step(run, epoch, i, lr, x, y)
@@ -778,6 +838,7 @@ def _train_epoch(run: _Run, epoch: int) -> dict:
         loss_sum += loss.item() * len(y)
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}%",
                         sps=f"{seen / (time.time() - t0):.1f}", lr=f"{lr:.3g}")
+    seen, correct, loss_sum = distributed.all_sum(run.ddp, seen, correct, loss_sum)  # the global batches'
     rec = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": 100 * correct / seen,
            "seconds": time.time() - t0, "samples_per_s": seen / (time.time() - t0)}
     if run.kd is not None:
@@ -807,18 +868,24 @@ def _step(run: _Run, epoch: int, i: int, lr: float, x, y):
         terms, logits = kd.loss(model, x_in, x, y, **forward)
         loss = terms.total
     else:
-        logits = model(x_in, **forward)
-        loss = F.cross_entropy(logits, y)
+        with _autocast(run):  # train.amp; a no-op otherwise
+            net = model if run.net is None else run.net  # the DDP wrapper under torchrun
+            logits = net(x_in, **forward)
+            loss = F.cross_entropy(logits, y)
     if not torch.isfinite(loss):
         raise ConfigError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); lower train.lr")
     run.opt.zero_grad(set_to_none=True)
     if kd is not None:
         kd.zero_grad()
-    loss.backward()
+    (loss if run.scaler is None else run.scaler.scale(loss)).backward()
     if estimate:
         mine.backward(len(y))
     _restore_weights(clean)
-    run.opt.step()
+    if run.scaler is None:
+        run.opt.step()
+    else:  # fp16: unscale, skip the step on inf/NaN gradients, adapt the scale
+        run.scaler.step(run.opt)
+        run.scaler.update()
     if kd is not None:
         kd.step()
     if estimate:
@@ -826,11 +893,17 @@ def _step(run: _Run, epoch: int, i: int, lr: float, x, y):
     return loss, logits, y
 
 
+def _autocast(run: _Run):
+    """``torch.autocast`` on the run's CUDA device in ``train.amp``'s dtype, or a null context."""
+    dtype = AMP_DTYPES[run.tcfg.amp]
+    return contextlib.nullcontext() if dtype is None else torch.autocast(run.dev.type, dtype=dtype)
+
+
 def _test_and_record(run: _Run, epoch: int, rec: dict) -> None:
     """Test top-1 every ``eval_every`` epochs and at the last; the record joins the history
     and the log."""
     tcfg = run.tcfg
-    if (epoch + 1) % tcfg.eval_every == 0 or epoch + 1 == tcfg.epochs:
+    if run.ddp.main and ((epoch + 1) % tcfg.eval_every == 0 or epoch + 1 == tcfg.epochs):  # rank 0 tests
         logits, labels = evaluate_logits(run.model, run.test_set, desc="test")
         rec["test_top1"] = 100 * (logits.argmax(1) == labels).float().mean().item()
     run.history.append(rec)
@@ -841,8 +914,10 @@ def _test_and_record(run: _Run, epoch: int, rec: dict) -> None:
 
 
 def _save_last(run: _Run, epochs_done: int) -> None:
-    """``last.pt`` (model, optimisers, FTMs: resumable) and ``history.json``."""
-    extra = {}
+    """``last.pt`` (model, optimisers, FTMs: resumable) and ``history.json``; rank 0 only."""
+    if not run.ddp.main:
+        return
+    extra = {} if run.scaler is None else {"grad_scaler": run.scaler.state_dict()}
     for part in (run.mine, run.kd):
         if part is not None:
             extra.update(part.state_dict())
@@ -861,6 +936,8 @@ def _save_final(run: _Run, t_start: float) -> dict:
                           train_seconds=sum(h["seconds"] for h in run.history),
                           wall_seconds_this_run=time.time() - t_start)
     out = run.out_dir / "model.pt"
+    if not run.ddp.main:  # rank 0 writes
+        return metrics
     save_checkpoint(out, _payload(run.model, run.mcfg, run.tcfg, run.train_set, run.tcfg.epochs, metrics,
                                   modalities=run.student_mods))
     run.log(f"wrote {out} (test top-1 {final.get('test_top1', float('nan')):.2f}%)")

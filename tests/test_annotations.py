@@ -172,6 +172,11 @@ def test_pyskl_2d_keypoints_with_score(tmp_path):
     assert col.class_names == ("class 0", "class 1", "class 2") and col.default_protocol is None
     ds = SkeletonDataset(f, "test")
     assert ds.layout.name == "coco17" and len(ds) == 1 and ds.protocol is None
+    # (x, y, score): centring moves x, y only and training does not rotate, so the score stays a score
+    assert col.planar and not read_pyskl(_pyskl(tmp_path / "3d.pkl", [_ann("a", 0)], {"train": ["a"]})).planar
+    for split, train in (("test", False), ("train", True)):
+        score = SkeletonDataset(f, split, train=train)[0][0]["joint"][2].numpy()
+        assert score.min() >= 0 and score.max() <= 1 and score.max() > 0.5
     named = _pyskl(tmp_path / "n.pkl", anns, {"train": ["k0"]}, class_names=["run", "jump", "sit"])
     assert read_pyskl(named).class_names == ("run", "jump", "sit")
 
