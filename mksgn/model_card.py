@@ -37,15 +37,20 @@ def write_model_card(checkpoint: str | Path, result: dict, path: str | Path) -> 
     an = result["analysis"]
     secs = met.get("train_seconds") or sum(h.get("seconds", 0) for h in hist)
     size_mb = Path(checkpoint).stat().st_size / 1e6
+    d = ckpt["data"]
+    ucla = d.get("dataset", "ucla") == "ucla"
+    trained_on = ("NW-UCLA split (views v01+v02 train, v03 test)" if ucla else  # other data: as recorded
+                  f"{d.get('dataset')} data (split protocol {d.get('protocol') or 'train/val'})")
     lines = [
         f"# {Path(checkpoint).name}",
         "",
         f"{ARCH_NAMES.get(cfg['arch'], cfg['arch'])} ({layout_name(cfg['layout'])}, width {cfg['width']}"
         + (f", T_s = {cfg['time_steps']}" if cfg["arch"] != "ctrgcn" else ", float ANN teacher") +
         f"), {', '.join(ckpt['data']['modalities'])} modality, trained on the real "
-        f"NW-UCLA split (views v01+v02 train, v03 test) with `mksgn-train`.",
+        f"{trained_on} with `mksgn-train`.",
         "",
-        "## Result (reproduce with `mksgn-eval " + f"models/{Path(checkpoint).name} --data ../shared/data/nw-ucla`)",
+        "## Result (reproduce with `mksgn-eval " + f"models/{Path(checkpoint).name} --data "
+        + ("../shared/data/nw-ucla`)" if ucla else "DATA`)"),
         f"- test top-1: {result['top1']:.2f} % ({result['clips']} clips)",
         f"- parameters: {an['params']:,}",
         f"- per clip: {an['total_flops'] / 1e9:.4f} GFLOPs (ANN-equivalent), {an['total_sops'] / 1e9:.4f} G SOPs, "

@@ -116,9 +116,12 @@ def test_custom_layout_trains_and_exports_without_the_file(built, exported, caps
             assert names == built["class_names"] and ck["data"]["protocol"] is None
     # evaluation reads the layout from the checkpoint too (the 2 xsub_val clips of the .pkl)
     out = _run(cli.evaluate.main, [exported["pkl"]["ckpt"], "--data", exported["pkl"]["data"],
-                                   "--json", built["dir"] / "eval.json"], capsys)
+                                   "--json", built["dir"] / "eval.json", "--model-card", built["dir"] / "card.md"],
+               capsys)
     res = json.loads((built["dir"] / "eval.json").read_text())
     assert res["clips"] == 2 and "top-1" in out
+    card = (built["dir"] / "card.md").read_text().splitlines()
+    assert card[2].startswith("MK-SGN (kinect15, width 0.0625") and "pyskl data (split protocol xsub)" in card[2]
 
 
 def test_export_refuses_data_of_another_layout(exported, capsys, ntu_dir, tmp_path):
