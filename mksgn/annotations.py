@@ -30,7 +30,9 @@ unpickler ourselves because no library offers one for numpy arrays (``numpy.load
 ``allow_pickle=False`` refuses pickles altogether, ``torch.load(weights_only=True)`` reads only
 torch's zip format). It is the pure-Python ``pickle._Unpickler`` so that ``BUILD`` (``__setstate__``)
 can be checked too, reading from the file's bytes held in memory: no opcode can allocate more
-than the file holds. The file is at most :data:`PICKLE_LIMIT` bytes. An ``.npz`` member's
+than the file holds. The file is at most :data:`PICKLE_LIMIT` bytes; peak memory is about twice
+the file (its bytes, then its arrays; measured 481 MB for a 226 MB file of 5,000 NTU-shaped clips,
+read in 5.0 s against 0.27 s for the unrestricted ``pickle.loads``, on 2 shared cores). An ``.npz`` member's
 array is allocated only after its header's size is checked against the member's size, and the
 members together hold at most :data:`NPZ_LIMIT` bytes.
 
