@@ -214,6 +214,8 @@ class SkeletonDataset(Dataset):
         ``name`` ``ucla``, ``ntu``, ``pyskl`` or ``npz``.
     layout : Layout
     class_names : tuple of str
+    planar : bool
+        2-D keypoints stored as ``(x, y, score)`` (a pyskl file with C = 2).
 
     Raises
     ------
@@ -230,18 +232,17 @@ class SkeletonDataset(Dataset):
         bad = [m for m in modalities if m not in MODALITIES]
         if bad or not modalities:
             raise DataError(f"unknown modality {bad or modalities!r}; choose from {', '.join(MODALITIES)}")
+        self.planar = False  # 2-D (x, y, score) keypoints: see mksgn.preprocess.preprocess
         if Path(root).is_file() and Path(root).suffix in COLLECTION_SUFFIXES:
-            self.collection: Collection | None = read_collection(root)
-            self.layout: Layout = resolve_layout(self.collection, layout)
-            protocol = protocol or self.collection.default_protocol
-            self.clips = self.collection.select(split, protocol)
-            self.spec = DatasetSpec(self.collection.kind, Path(root).suffix, self.layout.name,
-                                    self.collection.class_names, tuple(self.collection.protocols),
-                                    self.collection.default_protocol)
-            self.scan = None
+            col: Collection = read_collection(root)
+            self.layout: Layout = resolve_layout(col, layout)
+            protocol = protocol or col.default_protocol
+            self.clips = col.select(split, protocol)  # only this split's clips stay in memory
+            self.spec = DatasetSpec(col.kind, Path(root).suffix, self.layout.name, col.class_names,
+                                    tuple(col.protocols), col.default_protocol)
+            self.planar, self.scan = col.planar, None
             where, what = root, "file"
         else:
-            self.collection = None
             self.clips, self.scan = load_clips(root, split, protocol, on_error, progress)
             self.spec = self.scan.spec
             self.layout = get_layout(self.spec.layout)
@@ -265,8 +266,8 @@ class SkeletonDataset(Dataset):
     def class_names(self) -> tuple:
         """The dataset's class names: NW-UCLA 10; an NTU folder 120 when any of its files is an
         action above A060 (NTU-120), else 60; a file's own (:mod:`mksgn.annotations`)."""
-        if self.collection is not None:
-            return self.collection.class_names
+        if self.scan is None:  # a file: the names Collection found (mksgn.annotations)
+            return self.spec.class_names
         if self.spec.name == "ucla":
             return self.spec.class_names[:10]
         ntu120 = any(ids["action"] > 60 for _, ids in self.scan.files)
@@ -286,6 +287,5 @@ class SkeletonDataset(Dataset):
     def __getitem__(self, index: int):
         clip = self.clips[index]
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
-        planar = self.collection is not None and self.collection.planar  # 2-D (x, y, score): no rotation
-        arrays = preprocess(clip.skeleton, self.layout, self.modalities, self.train, rng, planar=planar)
+        arrays = preprocess(clip.skeleton, self.layout, self.modalities, self.train, rng, planar=self.planar)
         return {m: torch.from_numpy(a) for m, a in arrays.items()}, clip.label
