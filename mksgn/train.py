@@ -817,8 +817,9 @@ def _train_epoch(run: _Run, epoch: int) -> dict:
     if run.ddp.active:  # this rank's share of the single-process global batches
         sampler = distributed.GlobalBatchSampler(len(run.train_set), tcfg.batch_size, run.gen, run.ddp.rank,
                                                  run.ddp.world)
+        # its own generator: the loader's base-seed draw must not move the rank's dropout stream
         loader = DataLoader(run.train_set, batch_size=tcfg.batch_size // run.ddp.world, sampler=sampler,
-                            drop_last=True)
+                            drop_last=True, generator=torch.Generator())
     else:
         loader = DataLoader(run.train_set, batch_size=tcfg.batch_size, shuffle=True, generator=run.gen,
                             drop_last=True)
