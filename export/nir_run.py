@@ -103,6 +103,12 @@ class SnntorchRunner:
     ----------
     module : the snntorch / nirtorch ``GraphModule``.
     groups : list of neuron-group names (the graph's CubaLIF nodes), in graph order.
+
+    Raises
+    ------
+    ExportError
+        Metadata of another producer, a graph snntorch refuses, or a CubaLIF that snntorch did
+        not import as ``snn.Synaptic``.
     """
 
     def __init__(self, graph: nir.NIRGraph, dtype: torch.dtype = torch.float32):
