@@ -15,11 +15,11 @@ from export.passes import SPLIT_KINDS
 #: ``--weight-split/--no-weight-split`` of mksgn-export and mksgn-qcheck (the same lowering);
 #: the callback turns the flag into the synapse kinds :func:`export.passes.quantise` splits.
 _weight_split_option = click.option(
-    "--weight-split/--no-weight-split", default=True, show_default=True,
-    callback=lambda ctx, param, on: SPLIT_KINDS if on else (),
+    "--weight-split/--no-weight-split", default=None,
+    callback=lambda ctx, param, on: None if on is None else (SPLIT_KINDS if on else ()),
     help="Give every spike-driven conv/affine/graph/pool synapse group a low-mantissa partner "
-         "(weight_exp - 8) so weights keep ~15 bits: 2x their synaptic events, but the 8-bit "
-         "mantissa alone costs the shipped MK-SGN 3.45 points of top-1.")
+         "(weight_exp - 8) so weights keep ~15 bits: 2x their synaptic events. Default: split, except for a "
+         "checkpoint trained with quantisation-aware training (mksgn-train --qat), which exports plain 8-bit.")
 
 
 @click.command(help="Quantise an MK-SGN / Base-SGN* checkpoint to Loihi fixed point (8-bit weight mantissa + "
@@ -41,6 +41,8 @@ def cli(checkpoint, target, out_dir, calib_data, calib_clips, force, weight_spli
     summary = run_export(checkpoint, target, out_dir, calib_data, calib_clips, force,
                          weight_split=weight_split)
     click.echo(summary.format())
+    for line in summary.warnings:
+        click.echo(f"warning: {line}", err=True)
 
 
 main = run(cli)
@@ -96,7 +98,11 @@ def qcheck(checkpoint, data, split, clips, calib_data, calib_clips, runs, eps, d
     click.echo(f"\n{Path(checkpoint).name} on {r['clips']} {split} clips:")
     click.echo(f"  float top-1     {r['float_top1']:.2f} %")
     click.echo(f"  integer top-1   {r['int_top1']:.2f} %   (loss {r['loss']:+.2f} points, "
-               f"{r['changed']} predictions changed)")
+               f"{r['changed']} predictions changed; weight split: {', '.join(r['weight_split']) or 'none'})")
+    click.echo("  mappings side by side (same scales):")
+    for m in r["mappings"]:
+        click.echo(f"    {m['name']:<12} integer top-1 {m['int_top1']:6.2f} %   loss {m['loss']:+.2f} points   "
+                   f"{m['spike_synapses']} spike-driven synapse groups")
     f = r["floor"]
     if f:
         click.echo(f"  noise floor     float top-1 {f['mean']:.2f} ± {f['std']:.2f} % (min {f['min']:.2f}, "

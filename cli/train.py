@@ -4,9 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import torch
 
+from export.pipeline import calibration_clips
+from export.qat import QATForward
 from mksgn.preprocess import MODALITIES
-from mksgn.train import train
+from mksgn.train import load_config, train
 from cli.common import run
 from mksgn.guard import integer, output_dir
 
@@ -36,12 +39,25 @@ from mksgn.guard import integer, output_dir
 @click.option("--layout", default=None,
               help="Joint layout, replacing model.layout: ntu25, ucla20, openpose18, coco17 or a layout JSON file "
                    "(joint names, inward edges, centre joint); stored whole in the checkpoint.")
-def cli(config, data, out_dir, epochs, no_resume, threads, modality, teachers, device, layout):
+@click.option("--qat", is_flag=True,
+              help="Quantisation-aware training (also train.qat in the config): the forward pass is the export's "
+                   "Loihi integer twin (plain 8-bit weights, scales calibrated on training clips every "
+                   "train.qat_calib_every epochs) with straight-through gradients; mksgn-export then defaults "
+                   "to --no-weight-split.")
+def cli(config, data, out_dir, epochs, no_resume, threads, modality, teachers, device, layout, qat):
     integer(epochs, "--epochs", 1, 100_000)
     integer(threads, "--threads", 1, 4096)
     output_dir(out_dir, "--out")
+    forward = None
+    _, tcfg = load_config(config)
+    if qat or tcfg.qat:
+        if threads:
+            torch.set_num_threads(threads)
+        mods = [modality] if modality else list(tcfg.modalities)
+        forward = QATForward(calibration_clips(data, mods, tcfg.qat_calib_clips, layout=layout, protocol=tcfg.protocol),
+                             tcfg.qat_calib_every)
     train(config, data, out_dir, epochs=epochs, resume=not no_resume, threads=threads, log=click.echo,
-          modality=modality, teachers=list(teachers) or None, device=device, layout=layout)
+          modality=modality, teachers=list(teachers) or None, device=device, layout=layout, forward=forward)
 
 
 main = run(cli)

@@ -120,6 +120,19 @@ class ExportSummary:
     resources: dict
     manifest: dict
 
+    @property
+    def warnings(self) -> list:
+        """Lines to show the user: a quantisation-aware-trained checkpoint exported on another
+        grid than it was trained on (:func:`export.pipeline.check_qat_grid`)."""
+        bad = self.graph.meta.get("qat_grid_mismatches") or []
+        if not bad:
+            return []
+        return [f"the checkpoint was trained (QAT) on another Loihi grid than this export's ({len(bad)} "
+                f"difference(s); its accuracy on this grid is not what QAT trained for): " + "; ".join(bad[:5])
+                + (" ..." if len(bad) > 5 else "")
+                + ". Export with the calibration data, --calib-clips and weight split of training, or "
+                  "fine-tune on this grid again."]
+
     def format(self) -> str:
         notes = self.manifest.get("not_expressed") or []
         return (format_layer_table(self.layers) + "\n\n" + format_resources(self.resources)
@@ -227,11 +240,15 @@ def check_out_dir(out_dir: str | Path, force: bool, keep: Sequence[str | Path] =
 
 def run_export(checkpoint: str | Path, target: str, out_dir: str | Path | None, calib_data: str | Path,
                calib_clips: int = 64, force: bool = False, progress: bool = True,
-               weight_split: Sequence[str] = SPLIT_KINDS) -> ExportSummary:
+               weight_split: Sequence[str] | None = None) -> ExportSummary:
     """Export a checkpoint to ``target`` in ``out_dir`` (see module docstring).
 
     ``weight_split``: synapse kinds whose 8-bit weights get a low-mantissa partner synapse
-    (:func:`export.passes.split_residual`; ``()`` for plain 8-bit weights, half the events).
+    (:func:`export.passes.split_residual`; ``()`` for plain 8-bit weights, half the events);
+    None: plain 8-bit for a quantisation-aware-trained checkpoint, else all of
+    :data:`~export.passes.SPLIT_KINDS` (:func:`export.pipeline.default_weight_split`). A QAT
+    checkpoint's recorded grid is compared with the export's: differences go to
+    ``summary.warnings``, ``manifest["qat"]`` and ``quantisation.json``.
 
     Raises
     ------
@@ -261,7 +278,9 @@ def run_export(checkpoint: str | Path, target: str, out_dir: str | Path | None, 
     tmp.chmod(0o755)
     try:
         write_target(graph, target, tmp)
-        (tmp / "quantisation.json").write_text(_json({"layers": layers, **graph.meta["quantisation"]}))
+        (tmp / "quantisation.json").write_text(_json({"layers": layers, **graph.meta["quantisation"],
+                                                      **({"qat_grid_mismatches": graph.meta["qat_grid_mismatches"]}
+                                                         if "qat_grid_mismatches" in graph.meta else {})}))
         (tmp / "resources.json").write_text(_json(res))
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         manifest = {
@@ -277,6 +296,8 @@ def run_export(checkpoint: str | Path, target: str, out_dir: str | Path | None, 
             "quantisation_scales": {n: g.scale for n, g in graph.groups.items()},
             "readout_scale": graph.meta["readout_scale"],
             "weight_split": graph.meta["quantisation"]["weight_split"],
+            **({"qat": {"grid_mismatches": graph.meta["qat_grid_mismatches"]}}
+               if "qat_grid_mismatches" in graph.meta else {}),
             "latency": graph.meta["latency"], "readout_latency": graph.meta["readout_latency"],
             "calibration": graph.meta["calibration"], "versions": _versions(), "files": files,
         }

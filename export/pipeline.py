@@ -13,10 +13,12 @@ from mksgn.preprocess import MODALITIES
 
 from .errors import ExportError
 from .frontend import from_checkpoint
+from .grid import compare_grids, grid_record
 from .ir import Graph
 from .passes import SPLIT_KINDS, balance_delays, fold_bn, fold_fusion, fold_graph, quantise
 
-__all__ = ["input_modalities", "graph_input", "calibration_clips", "fold_all", "lower", "export_graph"]
+__all__ = ["input_modalities", "graph_input", "calibration_clips", "fold_all", "lower", "export_graph",
+           "default_weight_split", "check_qat_grid"]
 
 
 def input_modalities(data: Mapping) -> list:
@@ -88,9 +90,34 @@ def lower(graph: Graph, calib_x: torch.Tensor, weight_split: Sequence[str] = SPL
     return balance_delays(quantise(fold_all(graph), calib_x, weight_split=weight_split))
 
 
+def default_weight_split(ckpt: Mapping) -> tuple:
+    """The export's default mapping for a checkpoint: plain 8-bit weights (``()``) when it was
+    trained with quantisation-aware training (``metrics["qat"]``, :mod:`export.qat`: it learnt
+    the 8-bit grid, and the split would double its synaptic events for nothing), else
+    :data:`~export.passes.SPLIT_KINDS`."""
+    return () if (ckpt.get("metrics") or {}).get("qat") else SPLIT_KINDS
+
+
+def check_qat_grid(ckpt: Mapping, q: Graph) -> list:
+    """For a QAT checkpoint: where the grid it was trained on (``metrics["qat"]["grid"]``)
+    differs from the quantised graph's (:func:`export.grid.compare_grids`); ``[]`` when they
+    match or the checkpoint is not a QAT one."""
+    qat = (ckpt.get("metrics") or {}).get("qat")
+    if not qat:
+        return []
+    if not isinstance(qat, Mapping) or not isinstance(qat.get("grid"), Mapping):
+        return ["the checkpoint's metrics.qat has no grid record"]
+    return compare_grids(qat["grid"], grid_record(q))
+
+
 def export_graph(checkpoint: str | Path, calib_data: str | Path, calib_clips: int = 64,
-                 progress: bool = True, weight_split: Sequence[str] = SPLIT_KINDS) -> tuple[Graph, torch.Tensor]:
+                 progress: bool = True, weight_split: Sequence[str] | None = None) -> tuple[Graph, torch.Tensor]:
     """Load a checkpoint and lower it to a quantised, delay-balanced graph.
+
+    ``weight_split`` None: :func:`default_weight_split` (plain 8-bit for a QAT checkpoint, else
+    split). For a QAT checkpoint ``graph.meta["qat_grid_mismatches"]`` lists where the trained
+    grid and this export's differ (:func:`check_qat_grid`; ``[]``: it exports the grid it
+    was trained on).
 
     Returns ``(graph, calibration clips (N, C, T, V, M))``.
 
@@ -102,6 +129,8 @@ def export_graph(checkpoint: str | Path, calib_data: str | Path, calib_clips: in
     mods = input_modalities(ckpt["data"])
     x = calibration_clips(calib_data, mods, calib_clips, progress=progress, layout=ckpt["data"]["layout"],
                           protocol=ckpt["data"].get("protocol"))
-    q = lower(graph, x, weight_split)
+    q = lower(graph, x, default_weight_split(ckpt) if weight_split is None else weight_split)
     q.meta["calibration"] = {"clips": int(len(x)), "split": "train", "modality": "+".join(mods)}
+    if (ckpt.get("metrics") or {}).get("qat"):
+        q.meta["qat_grid_mismatches"] = check_qat_grid(ckpt, q)
     return q, x

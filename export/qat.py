@@ -209,6 +209,7 @@ class QATForward:
         self.scales = None
         self.calibrations = []
         self.grid = None
+        self.epoch = None
 
     def calibrate(self, model: nn.Module, epoch: int | None = None) -> dict:
         """Recalibrate the per-group scales on the calibration clips (the export's rule:
@@ -217,18 +218,23 @@ class QATForward:
         self.scales = {"input_frac_bits": int(q.meta["input_frac_bits"]),
                        "groups": {n: float(g.scale) for n, g in q.groups.items()}}
         self.grid = grid_record(balance_delays(q))
-        self.calibrations.append(epoch)
+        self.calibrations.append(self.epoch if epoch is None else epoch)
         return self.scales
 
     def start_epoch(self, model: nn.Module, epoch: int) -> None:
         """Recalibrate at epoch 0 and every ``calib_every``-th epoch (and when resuming without scales)."""
+        self.epoch = epoch
         if self.scales is None or epoch % self.calib_every == 0:
             self.calibrate(model, epoch)
 
     def graphs(self, model: nn.Module) -> tuple[Graph, Graph]:
         if self.scales is None:
             self.calibrate(model)
-        return qat_graphs(model, self.scales, self.weight_split)
+        try:
+            return qat_graphs(model, self.scales, self.weight_split)
+        except ExportError:  # the weights outgrew the held scales (weight_exp > 7): the export would
+            self.calibrate(model)  # calibrate smaller ones, so recalibrate now (recorded as None)
+            return qat_graphs(model, self.scales, self.weight_split)
 
     def __call__(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, classes)`` in float units (the twin's integer logits / (readout scale · T_s))
@@ -241,8 +247,9 @@ class QATForward:
         return logits / (q.meta["readout_scale"] * q.time_steps)
 
     def metrics(self) -> dict:
-        """What a checkpoint keeps: ``{"qat": {grid, calib_every, calib_clips, calibrated_at,
-        weight_split}}`` — ``grid`` (:func:`grid_record`) of the last forward."""
+        """What a checkpoint keeps: ``{"qat": {grid, calib_every, calib_clips, calibrated_at_epochs,
+        weight_split}}`` — ``grid`` (:func:`grid_record`) of the last forward; an epoch appears
+        twice when the weights outgrew the held scales within it and forced a recalibration."""
         return {"qat": {"grid": self.grid, "calib_every": self.calib_every, "calib_clips": int(len(self.calib_x)),
                         "calibrated_at_epochs": [e for e in self.calibrations if e is not None],
                         "weight_split": list(self.weight_split)}}

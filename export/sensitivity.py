@@ -32,7 +32,7 @@ from .errors import ExportError
 from .frontend import from_checkpoint
 from .ir import INPUT, Graph
 from .passes import SPLIT_KINDS, quantise
-from .pipeline import calibration_clips, fold_all, graph_input, input_modalities
+from .pipeline import calibration_clips, default_weight_split, fold_all, graph_input, input_modalities
 from .twin import run_graph
 
 __all__ = ["predict", "divergence_profile", "perturbation_floor", "verdict", "quant_check",
@@ -207,7 +207,7 @@ def quant_check(checkpoint: str | Path, data_root: str | Path, split: str = "tes
                 calib_data: str | Path | None = None, calib_clips: int = 64, runs: int = 8,
                 eps: float = DEFAULT_EPS, divergence_clips: int = 16, max_loss: float = 0.5,
                 clips: int | None = None, progress: bool = True,
-                weight_split: Sequence[str] = SPLIT_KINDS) -> dict:
+                weight_split: Sequence[str] | None = None) -> dict:
     """Float vs Loihi-integer top-1 of a checkpoint, the divergence profile and the noise floor.
 
     The checkpoint is lowered exactly as ``mksgn-export`` does (same passes, same
@@ -223,14 +223,21 @@ def quant_check(checkpoint: str | Path, data_root: str | Path, split: str = "tes
         Clips for :func:`divergence_profile` (records every group; memory ∝ clips).
     runs, eps :
         :func:`perturbation_floor`; ``runs=0`` skips it.
-    weight_split : synapse kinds given a low-mantissa partner (as ``mksgn-export --weight-split``).
+    weight_split : synapse kinds given a low-mantissa partner (as ``mksgn-export --weight-split``);
+        None: the export's default for the checkpoint (plain 8-bit after quantisation-aware
+        training, else split; :func:`export.pipeline.default_weight_split`). The verdict, the
+        divergence table and ``int_top1`` are this mapping's.
 
     Returns
     -------
     dict: ``checkpoint``, ``split``, ``clips``, ``float_top1``, ``int_top1``, ``loss`` (points),
     ``changed`` (clips whose prediction differs), ``divergence`` (rows), ``floor`` (or None),
     ``status`` and ``verdict`` (:func:`verdict`), ``max_loss``, ``hot_spots`` (groups flagged by
-    :func:`divergence_profile`), ``quantisation`` (per group scale, vth_mant, limiting constraint).
+    :func:`divergence_profile`), ``quantisation`` (per group scale, vth_mant, limiting constraint),
+    ``weight_split`` (the kinds of this mapping) and ``mappings``: plain 8-bit and split side by
+    side, each ``{"name", "weight_split", "int_top1", "loss", "changed", "spike_synapses"}``
+    (``spike_synapses``: synapse groups driven by spikes, each costing its events; the split
+    doubles the split kinds') at the same calibrated scales.
 
     Raises
     ------
@@ -244,12 +251,35 @@ def quant_check(checkpoint: str | Path, data_root: str | Path, split: str = "tes
     calib = calibration_clips(calib_data or data_root, mods, calib_clips, progress=progress,
                               layout=ckpt["data"]["layout"], protocol=ckpt["data"].get("protocol"))
     folded = fold_all(graph)
-    q = quantise(folded, calib, weight_split=weight_split)
+    if weight_split is None:
+        weight_split = default_weight_split(ckpt)
+    q_split = quantise(folded, calib, weight_split=SPLIT_KINDS)
+    scales = {"input_frac_bits": q_split.meta["input_frac_bits"],
+              "groups": {n: g.scale for n, g in q_split.groups.items()}}  # S does not depend on the split
+    q_plain = quantise(folded, None, weight_split=(), scales=scales)
+    if not weight_split:
+        q = q_plain
+    elif sorted(weight_split) == sorted(SPLIT_KINDS):
+        q = q_split
+    else:
+        q = quantise(folded, None, weight_split=weight_split, scales=scales)
     x, y, ds = _load_split(data_root, split, mods, progress, ckpt["data"])
     if clips is not None:
         x, y = x[:clips], y[:clips]
     pf = predict(folded, x, "float", progress=progress, desc="float twin")
-    pi = predict(q, x, "int", progress=progress, desc="integer twin")
+    mappings = []
+    for name, qm in (("plain 8-bit", q_plain), ("split", q_split)):
+        pm = predict(qm, x, "int", progress=progress, desc=f"integer twin, {name}")
+        top = float(100 * (pm == y).double().mean())
+        mappings.append({"name": name, "weight_split": qm.meta["quantisation"]["weight_split"], "int_top1": top,
+                         "loss": float(100 * (pf == y).double().mean()) - top, "changed": int((pf != pm).sum()),
+                         "spike_synapses": sum(1 for s in qm.synapses.values() if s.kind != "input_conv"),
+                         "_pred": pm})
+    pi = next((m["_pred"] for m in mappings if m["weight_split"] == q.meta["quantisation"]["weight_split"]), None)
+    if pi is None:
+        pi = predict(q, x, "int", progress=progress, desc="integer twin")
+    for m in mappings:
+        del m["_pred"]
     f1, i1 = float(100 * (pf == y).double().mean()), float(100 * (pi == y).double().mean())
     div = divergence_profile(folded, q, x[:divergence_clips], progress=progress)
     floor = perturbation_floor(folded, x, y, eps, runs, progress=progress, reference=pf) if runs else None
@@ -259,7 +289,8 @@ def quant_check(checkpoint: str | Path, data_root: str | Path, split: str = "tes
             "divergence_clips": int(min(divergence_clips, len(y))), "divergence": div, "floor": floor,
             "status": status, "verdict": sentence, "max_loss": float(max_loss),
             "hot_spots": [r["group"] for r in div if r["hot_spot"]],
-            "quantisation": q.meta["quantisation"]["groups"]}
+            "quantisation": q.meta["quantisation"]["groups"],
+            "weight_split": q.meta["quantisation"]["weight_split"], "mappings": mappings}
 
 
 def format_divergence(rows: list) -> str:

@@ -165,6 +165,18 @@ class TrainConfig:
         ``torch.autocast`` in that dtype; ``fp16`` scales the loss with
         ``torch.cuda.amp.GradScaler`` (its state is kept in ``last.pt``). Refused on the
         CPU, where training stays float32 (unchanged).
+
+    Quantisation-aware training (issue 14; ``mksgn-train --qat``):
+
+    qat : bool
+        The forward pass is the export's Loihi integer twin with straight-through gradients
+        (:mod:`export.qat`, handed to :func:`train` as ``forward`` by the CLI: this package
+        does not import the export layer). Plain cross-entropy only (no SMF, no distillation).
+    qat_calib_every : int ≥ 1
+        Recalibrate the per-group current scales every this many epochs (epoch 0 always).
+    qat_calib_clips : int ≥ 1
+        Calibration clips (training split, ``mksgn-export``'s default 64 and seed, so the
+        trained grid is the one the export computes).
     """
 
     epochs: int = 64
@@ -204,6 +216,9 @@ class TrainConfig:
     kd_ftm_lr: float = 0.1
     device: str = "cpu"
     amp: str = "off"
+    qat: bool = False
+    qat_calib_every: int = 1
+    qat_calib_clips: int = 64
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -221,13 +236,15 @@ class TrainConfig:
 
         if not num(cfg.smf_momentum) or not 0 < cfg.smf_momentum <= 1:
             raise ConfigError(f"train.smf_momentum must be a number in (0, 1] (got {cfg.smf_momentum!r})")
-        for name in ("mine_hidden", "mine_every"):
+        for name in ("mine_hidden", "mine_every", "qat_calib_every", "qat_calib_clips"):
             v = getattr(cfg, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"train.{name} must be an integer >= 1 (got {v!r})")
         if cfg.smf_weights not in FUSION_RULES:
             raise ConfigError(f"train.smf_weights must be one of {list(FUSION_RULES)} (got {cfg.smf_weights!r}): "
                               '"share" = eq. 22 alone (default), "paper" = eq. 22-23 as printed')
+        if not isinstance(cfg.qat, bool):
+            raise ConfigError(f"train.qat must be true or false (got {cfg.qat!r})")
         if cfg.mine_optimizer not in MINE_OPTIMIZERS:
             raise ConfigError(f"train.mine_optimizer must be one of {list(MINE_OPTIMIZERS)} "
                               f"(got {cfg.mine_optimizer!r})")
@@ -466,7 +483,8 @@ def load_encoders(model, encoders: dict, log=print) -> dict:
 
 def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
           epochs: int | None = None, resume: bool = True, threads: int | None = None,
-          log=print, modality: str | None = None, teachers=None, device: str | None = None, layout=None) -> dict:
+          log=print, modality: str | None = None, teachers=None, device: str | None = None, layout=None,
+          forward=None) -> dict:
     """Train a model from a config file on a real dataset; returns the final metrics.
 
     Parameters
@@ -490,6 +508,12 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
     layout : str, optional
         Replaces ``model.layout``: a built-in name or a layout JSON file (``mksgn-train
         --layout``); the checkpoint stores the whole layout (:func:`mksgn.graph.layout_record`).
+    forward : object, optional
+        Replaces the model's forward in every training step (``train.qat``): called as
+        ``forward(model, x) -> logits (N, classes)``, with ``start_epoch(model, epoch)``
+        before each epoch, ``metrics()`` (joins the checkpoints' metrics) and
+        ``state_dict()`` / ``load_state_dict(ckpt)`` (kept in ``last.pt``). The CLI passes
+        :class:`export.qat.QATForward`. Given: ``train.qat`` is recorded as true.
 
     Four-modality MK-SGN (``model.fusion = "smf"``): the model input is the dict of the four
     modalities; the MINE statistics networks are trained by their own optimiser
@@ -522,6 +546,7 @@ def train(config_path: str | Path, data_root: str | Path, out_dir: str | Path,
     mcfg, tcfg, dev = _settings(config_path, epochs, modality, teachers, device, layout)
     ddp, dev = distributed.setup(dev)
     run = _build(mcfg, tcfg, dev, config_path, data_root, out_dir, threads, log if ddp.main else _quiet, ddp)
+    _use_forward(run, forward)
     _initialise(run)
     _parallel(run)
     if resume:
@@ -641,6 +666,7 @@ class _Run:
     opt: torch.optim.Optimizer
     mine: MineTrainer | None = None
     kd: Distiller | None = None
+    forward: object = None  # quantisation-aware training: export.qat.QATForward (train's ``forward``)
     gen: torch.Generator = None
     ddp: distributed.Dist = field(default_factory=distributed.Dist)
     net: torch.nn.Module | None = None  # what a step calls: the model, or its DDP wrapper
@@ -664,6 +690,7 @@ class _Run:
         return {"history": self.history, "params": self.n_params, **final,
                 **(self.mine.metrics(final=bool(final)) if self.mine else {}),
                 **(self.kd.metrics() if self.kd else {}),
+                **(self.forward.metrics() if self.forward is not None else {}),
                 **({"init_from": self.parent} if self.parent else {})}
 
 
@@ -728,6 +755,21 @@ def _build(mcfg: ModelConfig, tcfg: TrainConfig, dev: torch.device, config_path,
                 net_params, opt, mine=MineTrainer(model, tcfg) if smf else None,
                 kd=Distiller(t_models, t_info, mcfg, tcfg, dev) if tcfg.teachers else None,
                 gen=torch.Generator().manual_seed(tcfg.seed), ddp=ddp)
+
+
+def _use_forward(run: _Run, forward) -> None:
+    """Install a replacement forward (quantisation-aware training); ``train.qat`` without one is
+    refused (the grid lives in the export layer, which this package does not import)."""
+    if forward is None:
+        if run.tcfg.qat:
+            raise ConfigError(f"{run.config_path}: train.qat needs the export layer's QAT forward; train with "
+                              "mksgn-train (or pass forward=export.qat.QATForward(...) to mksgn.train.train)")
+        return
+    if run.kd is not None or run.mine is not None:
+        raise ConfigError(f"{run.config_path}: quantisation-aware training supports plain cross-entropy on a "
+                          "single-modality MK-SGN / Base-SGN* (no SMF, no --teacher)")
+    run.tcfg.qat = True
+    run.forward = forward
 
 
 def _parallel(run: _Run) -> None:
@@ -800,6 +842,8 @@ def _restore(run: _Run) -> None:
         run.mine.load_state_dict(ckpt)
     if run.kd is not None:
         run.kd.load_state_dict(ckpt, str(last))
+    if run.forward is not None:
+        run.forward.load_state_dict(ckpt)
     if run.scaler is not None and "grad_scaler" in ckpt:
         run.scaler.load_state_dict(ckpt["grad_scaler"])
     run.start, run.history = ckpt["epoch"], list(ckpt["metrics"].get("history", []))
@@ -827,6 +871,8 @@ def _train_epoch(run: _Run, epoch: int) -> dict:
     for part in (run.kd, run.mine):
         if part is not None:
             part.start_epoch()
+    if run.forward is not None:
+        run.forward.start_epoch(run.model, epoch)
     seen = correct = 0
     loss_sum = 0.0
     t0 = time.time()
@@ -871,7 +917,7 @@ def _step(run: _Run, epoch: int, i: int, lr: float, x, y):
     else:
         with _autocast(run):  # train.amp; a no-op otherwise
             net = model if run.net is None else run.net  # the DDP wrapper under torchrun
-            logits = net(x_in, **forward)
+            logits = net(x_in, **forward) if run.forward is None else run.forward(model, x_in)
             loss = F.cross_entropy(logits, y)
     if not torch.isfinite(loss):
         raise ConfigError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); lower train.lr")
@@ -907,9 +953,12 @@ def _test_and_record(run: _Run, epoch: int, rec: dict) -> None:
     if run.ddp.main and ((epoch + 1) % tcfg.eval_every == 0 or epoch + 1 == tcfg.epochs):  # rank 0 tests
         logits, labels = evaluate_logits(run.model, run.test_set, desc="test")
         rec["test_top1"] = 100 * (logits.argmax(1) == labels).float().mean().item()
+        if run.forward is not None and hasattr(run.forward, "evaluate"):  # QAT: the integer twin's top-1
+            rec["test_top1_int"] = run.forward.evaluate(run.model, run.test_set)
     run.history.append(rec)
     run.log(f"epoch {epoch + 1:3d}/{tcfg.epochs}  loss {rec['train_loss']:.3f}  train {rec['train_top1']:.1f}%  "
             + (f"test {rec['test_top1']:.1f}%  " if "test_top1" in rec else "")
+            + (f"int {rec['test_top1_int']:.1f}%  " if "test_top1_int" in rec else "")
             + f"{rec['seconds']:.0f}s ({rec['samples_per_s']:.1f} samples/s)"
             + ("  fusion w " + " ".join(f"{w:.3f}" for w in rec["fusion_weight"].values()) if run.mine else ""))
 
@@ -919,7 +968,7 @@ def _save_last(run: _Run, epochs_done: int) -> None:
     if not run.ddp.main:
         return
     extra = {} if run.scaler is None else {"grad_scaler": run.scaler.state_dict()}
-    for part in (run.mine, run.kd):
+    for part in (run.mine, run.kd, run.forward):
         if part is not None:
             extra.update(part.state_dict())
     save_checkpoint(run.out_dir / "last.pt", _payload(run.model, run.mcfg, run.tcfg, run.train_set, epochs_done,
