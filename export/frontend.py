@@ -178,7 +178,7 @@ def _smf_coding(b: _Builder, model: SMFMKSGN, T: int) -> int:
     bns = []
     for i, enc in enumerate(encoders):
         w[i * c:(i + 1) * c, i * c_in:(i + 1) * c_in] = _np(enc.conv.weight)
-        bns.append(_bn(enc.bn))
+        bns.append(b.bn(enc.bn))
     bn = tuple(np.concatenate([z[j] for z in bns]) for j in range(4)) + (bns[0][4],)
     b.group("sc.lif", (n * c, T, b.V), "sc")
     b.synapse("sc.conv", "input_conv", (INPUT,), "sc.lif", w, "sc", padding=encoders[0].conv.padding[0], bn=bn)
