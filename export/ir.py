@@ -34,10 +34,10 @@ Topological order is the order of ``Graph.groups`` (the frontend appends in exec
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from .errors import ExportError
 
@@ -119,11 +119,14 @@ class Graph:
         :func:`export.frontend.from_model`) are shared, not copied: the passes replace
         attributes instead of changing arrays in place, and a copied tensor would lose its
         autograd link to the model's parameters."""
+        # no torch import here: the IR is imported by the Lava builders' light modules
+        # (hw_sim.attention), and a tensor can exist only once torch is loaded
+        tensor = getattr(sys.modules.get("torch"), "Tensor", None)
         memo = {}
         for obj in list(self.groups.values()) + list(self.synapses.values()):
             for v in vars(obj).values():
                 for t in (v if isinstance(v, tuple) else (v,)):
-                    if isinstance(t, torch.Tensor):
+                    if tensor is not None and isinstance(t, tensor):
                         memo[id(t)] = t
         return copy.deepcopy(self, memo)
 

@@ -74,7 +74,6 @@ from lava.proc.prodneuron.process import ProdNeuron
 from lava.proc.sparse.process import Sparse
 from scipy import sparse as sp
 
-from export import fixed_point as fx
 from export.mapping import attention_hops
 
 __all__ = ["AttentionBlock", "build_attention", "GRADED_MESSAGE_BITS", "MAX_WEIGHT_MANT"]
@@ -85,7 +84,8 @@ GRADED_MESSAGE_BITS = 24
 
 #: Largest ``|weight_mant|`` a stock ``Sparse`` stores exactly (8-bit magnitude, sign from
 #: the sign mode: ``lava/utils/weightutils.py::clip_weights``).
-MAX_WEIGHT_MANT = 2 ** fx.MAX_WEIGHT_BITS - 1
+MAX_WEIGHT_MANT = 255  # = 2**export.fixed_point.MAX_WEIGHT_BITS - 1 (tests/test_attention_lava.py);
+# a literal because this module must not import export (lava's compiler imports it in every child)
 
 
 @dataclass

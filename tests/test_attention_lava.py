@@ -161,6 +161,12 @@ def test_attention_connectivity_and_fan_outs():
             assert blk.processes[lab].weights.init.dtype == np.int32
 
 
+def test_max_weight_mant_is_the_fixed_point_limit():
+    from export import fixed_point as fx
+    from hw_sim.attention import MAX_WEIGHT_MANT
+    assert MAX_WEIGHT_MANT == 2 ** fx.MAX_WEIGHT_BITS - 1
+
+
 def test_modules_import_light():
     code = ("import sys, hw_sim.attention, hw_sim.probes; "
             "bad = [m for m in ('torch', 'export.twin', 'export.fixed_point') if m in sys.modules]; "
