@@ -10,6 +10,7 @@ import torch
 
 from export.errors import ExportError
 from export.frontend import from_model
+from export.passes import SPLIT_KINDS
 from export.pipeline import fold_all
 from export.sensitivity import divergence_profile, perturbation_floor, predict, verdict
 
@@ -99,6 +100,12 @@ def test_cli_json_matches_the_model_and_bad_input_is_one_line(tmp_path, ucla_dir
     assert res["loss"] == pytest.approx(res["float_top1"] - res["int_top1"])
     assert (r.returncode == 1) == (res["status"] == "loss")
     assert (tmp_path / "plots" / "divergence.png").stat().st_size > 1000
+    # plain 8-bit and split side by side; a checkpoint without QAT is judged on the split
+    plain, split = res["mappings"]
+    assert plain["weight_split"] == [] and split["weight_split"] == sorted(SPLIT_KINDS)
+    assert split["spike_synapses"] > plain["spike_synapses"]
+    assert res["weight_split"] == sorted(SPLIT_KINDS) and res["int_top1"] == split["int_top1"]
+    assert "plain 8-bit" in r.stdout and "split" in r.stdout
     bad = subprocess.run([str(EXE), tmp_path / "missing.pt", "--data", UCLA], capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
