@@ -34,6 +34,7 @@ from pathlib import Path
 from lava.magma.runtime.message_infrastructure import multiprocessing as lava_mp
 
 from hw_sim.simulate import simulate
+from scale import available_mb, process_tree  # benchmarks/scale.py: one home for the tree walk
 
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = ("Pss", "Private_Dirty", "Private_Clean", "Shared_Dirty", "Shared_Clean")
@@ -66,28 +67,10 @@ def _rollup(pid: int) -> dict | None:
         return None
 
 
-def _tree(root: int) -> list:
-    kids = defaultdict(list)
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                kids[ppid].append(int(d))
-            except OSError:
-                continue
-    out, todo = [], [root]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, []))
-    return out
-
-
 def sample(root: int) -> dict:
     """Per-class memory of the tree now: ``{class: {"n", "Pss", "Private_Dirty", …}}`` in MB."""
     by = defaultdict(lambda: defaultdict(float))
-    for pid in _tree(root):
+    for pid in process_tree(root):
         r = _rollup(pid)
         if r is None:
             continue
@@ -96,14 +79,6 @@ def sample(root: int) -> dict:
         for k, v in r.items():
             by[name][k] += v
     return {k: dict(v) for k, v in by.items()}
-
-
-def _available_mb() -> float:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1024.0
-    return float("inf")
 
 
 class Sampler(threading.Thread):
@@ -127,9 +102,9 @@ class Sampler(threading.Thread):
                 self.last = s
             if total > self.peak_total:
                 self.peak, self.peak_total = s, total
-            if _available_mb() < 2500:
-                print(f"memory: only {_available_mb():.0f} MB available; stopping the replay", flush=True)
-                for pid in _tree(os.getpid())[1:]:
+            if available_mb() < 2500:
+                print(f"memory: only {available_mb():.0f} MB available; stopping the replay", flush=True)
+                for pid in process_tree(os.getpid())[1:]:
                     try:
                         os.kill(pid, 9)
                     except OSError:

@@ -57,17 +57,23 @@ def _children() -> dict:
     return par
 
 
+def process_tree(root: int | None = None) -> list:
+    """``root`` (default this process) and all its descendants, as pids (``root`` first)."""
+    root = os.getpid() if root is None else root
+    kids = {}
+    for p, pp in _children().items():
+        kids.setdefault(pp, []).append(p)
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
 def tree_pss_mb(root: int | None = None) -> tuple:
     """``(summed PSS in MB, processes)`` of ``root`` (default this process) and descendants."""
-    root = os.getpid() if root is None else root
-    par = _children()
-    tree, grew = {root}, True
-    while grew:
-        grew = False
-        for p, pp in par.items():
-            if pp in tree and p not in tree:
-                tree.add(p)
-                grew = True
+    tree = process_tree(root)
     total = 0
     for p in tree:
         try:
@@ -80,7 +86,7 @@ def tree_pss_mb(root: int | None = None) -> tuple:
     return total / 1024.0, len(tree)
 
 
-def _available_mb() -> float:
+def available_mb() -> float:
     """The machine's ``MemAvailable`` (MB): shared memory and page cache count there too."""
     with open("/proc/meminfo") as f:
         for line in f:
@@ -107,7 +113,7 @@ class PeakPss:
         while not self._stop.is_set():
             mb, n = tree_pss_mb()
             self.peak_mb, self.peak_procs = max(self.peak_mb, mb), max(self.peak_procs, n)
-            if self.limit_mb and (mb > self.limit_mb or _available_mb() < 1500) and not self.over_limit:
+            if self.limit_mb and (mb > self.limit_mb or available_mb() < 1500) and not self.over_limit:
                 self.over_limit = True
                 import signal
                 par = _children()
