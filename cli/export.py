@@ -37,9 +37,12 @@ _weight_split_option = click.option(
               help="Number of training clips used for calibration.")
 @click.option("--force", is_flag=True, help="Replace a previous export in the output directory (a folder holding only an export's manifest.json and its files; never the working folder or one holding the inputs).")
 @_weight_split_option
-def cli(checkpoint, target, out_dir, calib_data, calib_clips, force, weight_split):
+@click.option("--recalibrate", is_flag=True,
+              help="For a checkpoint trained with quantisation-aware training: calibrate the scales afresh "
+                   "instead of exporting the grid it was trained on (the default).")
+def cli(checkpoint, target, out_dir, calib_data, calib_clips, force, weight_split, recalibrate):
     summary = run_export(checkpoint, target, out_dir, calib_data, calib_clips, force,
-                         weight_split=weight_split)
+                         weight_split=weight_split, recalibrate=recalibrate)
     click.echo(summary.format())
     for line in summary.warnings:
         click.echo(f"warning: {line}", err=True)

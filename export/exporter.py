@@ -41,7 +41,7 @@ from mksgn.guard import integer, is_no_space, output_dir, read_json, read_limite
 
 from .errors import ExportError
 from .ir import Graph
-from .passes import SPLIT_KINDS
+from .passes import CALIB_BATCH, SPLIT_KINDS
 from .pipeline import export_graph
 from .resources import format_resources, resources
 from .twin import run_graph
@@ -240,14 +240,15 @@ def check_out_dir(out_dir: str | Path, force: bool, keep: Sequence[str | Path] =
 
 def run_export(checkpoint: str | Path, target: str, out_dir: str | Path | None, calib_data: str | Path,
                calib_clips: int = 64, force: bool = False, progress: bool = True,
-               weight_split: Sequence[str] | None = None) -> ExportSummary:
+               weight_split: Sequence[str] | None = None, recalibrate: bool = False) -> ExportSummary:
     """Export a checkpoint to ``target`` in ``out_dir`` (see module docstring).
 
     ``weight_split``: synapse kinds whose 8-bit weights get a low-mantissa partner synapse
     (:func:`export.passes.split_residual`; ``()`` for plain 8-bit weights, half the events);
     None: plain 8-bit for a quantisation-aware-trained checkpoint, else all of
     :data:`~export.passes.SPLIT_KINDS` (:func:`export.pipeline.default_weight_split`). A QAT
-    checkpoint's recorded grid is compared with the export's: differences go to
+    checkpoint is exported on the scales it was trained on (its recorded grid), unless
+    ``recalibrate``; the recorded grid is compared with the export's: differences go to
     ``summary.warnings``, ``manifest["qat"]`` and ``quantisation.json``.
 
     Raises
@@ -268,9 +269,10 @@ def run_export(checkpoint: str | Path, target: str, out_dir: str | Path | None, 
     integer(calib_clips, "--calib-clips", 1, error=ExportError)
     check_out_dir(out_dir, force, keep=[checkpoint, Path(calib_data)])  # before the long calibration
     remove_stale_temps(out_dir)
-    graph, x = export_graph(checkpoint, calib_data, calib_clips, progress=progress, weight_split=weight_split)
+    graph, x = export_graph(checkpoint, calib_data, calib_clips, progress=progress, weight_split=weight_split,
+                            recalibrate=recalibrate)
     # saturation on the calibration clips, in integer arithmetic
-    graph.meta["quantisation"]["saturation"] = run_graph(graph, x, mode="int").saturation
+    graph.meta["quantisation"]["saturation"] = run_graph(graph, x, mode="int", batch_size=CALIB_BATCH).saturation
     layers = layer_table(graph)
     res = resources(graph)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ import math
 
 from .ir import Graph
 
-__all__ = ["grid_record", "compare_grids"]
+__all__ = ["grid_record", "compare_grids", "scales_from_grid"]
 
 
 def grid_record(q: Graph) -> dict:
@@ -49,3 +49,20 @@ def compare_grids(recorded: dict, computed: dict) -> list:
     for n in sorted(set(rs) | set(cs)):
         diff(f"synapse {n} weight_exp", rs.get(n), cs.get(n))
     return out
+
+
+def scales_from_grid(recorded: dict) -> dict:
+    """The ``scales`` argument of :func:`export.passes.quantise` that re-derives a recorded QAT
+    grid: ``{"input_frac_bits": int, "groups": {group: 2^scale_exp}}``. Mantissas,
+    ``weight_exp``, ``vth_mant`` and biases then follow from the checkpoint's weights by the
+    export's own rules, so the export computes the integers QAT trained (and evaluated) on.
+
+    Raises
+    ------
+    KeyError, TypeError, ValueError
+        A record without ``input_frac_bits`` or per-group integer ``scale_exp`` (the caller
+        turns these into an ExportError naming the checkpoint).
+    """
+    groups = recorded["groups"]
+    return {"input_frac_bits": int(recorded["input_frac_bits"]),
+            "groups": {str(n): 2.0 ** int(g["scale_exp"]) for n, g in groups.items()}}

@@ -358,9 +358,18 @@ def _quantise_incoming(g: Graph, name: str, grp, S: float, input_frac_bits: int,
         residuals[s.name] = lows
 
 
+#: Calibration clips run at a time (bounds the float twin's memory at paper width).
+CALIB_BATCH = 16
+
+
 def calibrate(graph: Graph, calib_x, input_frac_bits: int | None = None) -> dict:
     """Run the float graph on calibration clips: each neuron group's largest |input current|
     (threshold units, bias included) and the host input's resolution.
+
+    The float graph runs in float32 (the PyTorch model's own precision, ~7x faster than
+    float64: :func:`export.twin.run_graph`'s ``float_dtype``), :data:`CALIB_BATCH` clips at a
+    time. A scale is a power of two below ``2¹⁶ / max|I|``, so only a maximum within float32
+    rounding (~10⁻⁷ relative) of a power of two could give another scale than float64.
 
     Parameters
     ----------
@@ -386,7 +395,7 @@ def calibrate(graph: Graph, calib_x, input_frac_bits: int | None = None) -> dict
             raise ExportError(f"{s.name}: fold BN and adjacency before quantising")
     if calib_x is None or len(calib_x) == 0:
         raise ExportError("quantisation needs calibration clips (--calib-data)")
-    ref = run_graph(graph, calib_x, mode="float", track_currents=True)
+    ref = run_graph(graph, calib_x, mode="float", track_currents=True, batch_size=CALIB_BATCH, float_dtype=torch.float32)
     if input_frac_bits is None:
         xmax = float(calib_x.abs().max())
         input_frac_bits = int(min(MAX_INPUT_FRAC_BITS, np.floor(np.log2(fx.INPUT_MAX / max(2 * xmax, 1e-9)))))

@@ -13,12 +13,12 @@ from mksgn.preprocess import MODALITIES
 
 from .errors import ExportError
 from .frontend import from_checkpoint
-from .grid import compare_grids, grid_record
+from .grid import compare_grids, grid_record, scales_from_grid
 from .ir import Graph
 from .passes import SPLIT_KINDS, balance_delays, fold_bn, fold_fusion, fold_graph, quantise
 
 __all__ = ["input_modalities", "graph_input", "calibration_clips", "fold_all", "lower", "export_graph",
-           "default_weight_split", "check_qat_grid"]
+           "default_weight_split", "check_qat_grid", "trained_scales"]
 
 
 def input_modalities(data: Mapping) -> list:
@@ -110,14 +110,44 @@ def check_qat_grid(ckpt: Mapping, q: Graph) -> list:
     return compare_grids(qat["grid"], grid_record(q))
 
 
+def trained_scales(ckpt: Mapping, checkpoint, weight_split: Sequence[str]) -> dict | None:
+    """The scales to export a QAT checkpoint on: those of the grid it recorded
+    (:func:`export.grid.scales_from_grid`), when it has one and it was trained with this
+    ``weight_split``; None (calibrate afresh) otherwise.
+
+    Why: QAT recalibrates at the start of an epoch and the weights move during it, so
+    calibrating the final weights again may pick another power of two for a few groups (the
+    first QAT run moved ``layers.2.sg_sa.lifkv`` 2¹¹ → 2¹²) and lose what QAT learnt; the
+    trained grid is the one whose integer accuracy the training log reports.
+
+    Raises
+    ------
+    ExportError
+        A malformed grid record.
+    """
+    qat = (ckpt.get("metrics") or {}).get("qat")
+    if not isinstance(qat, Mapping) or not isinstance(qat.get("grid"), Mapping):
+        return None
+    if sorted(qat["grid"].get("weight_split", [])) != sorted(weight_split):
+        return None
+    try:
+        return scales_from_grid(qat["grid"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ExportError(f"{checkpoint}: metrics.qat.grid is malformed ({type(exc).__name__}: {exc}); "
+                          "export with --recalibrate") from None
+
+
 def export_graph(checkpoint: str | Path, calib_data: str | Path, calib_clips: int = 64,
-                 progress: bool = True, weight_split: Sequence[str] | None = None) -> tuple[Graph, torch.Tensor]:
+                 progress: bool = True, weight_split: Sequence[str] | None = None,
+                 recalibrate: bool = False) -> tuple[Graph, torch.Tensor]:
     """Load a checkpoint and lower it to a quantised, delay-balanced graph.
 
     ``weight_split`` None: :func:`default_weight_split` (plain 8-bit for a QAT checkpoint, else
-    split). For a QAT checkpoint ``graph.meta["qat_grid_mismatches"]`` lists where the trained
-    grid and this export's differ (:func:`check_qat_grid`; ``[]``: it exports the grid it
-    was trained on).
+    split). A QAT checkpoint is exported on the scales of the grid it was trained on
+    (:func:`trained_scales`) unless ``recalibrate``; ``graph.meta["qat_grid_mismatches"]``
+    lists where the trained grid and this export's differ (:func:`check_qat_grid`; ``[]``: it
+    exports the grid it was trained on). The calibration clips still give the saturation
+    report and the returned clips.
 
     Returns ``(graph, calibration clips (N, C, T, V, M))``.
 
@@ -129,8 +159,14 @@ def export_graph(checkpoint: str | Path, calib_data: str | Path, calib_clips: in
     mods = input_modalities(ckpt["data"])
     x = calibration_clips(calib_data, mods, calib_clips, progress=progress, layout=ckpt["data"]["layout"],
                           protocol=ckpt["data"].get("protocol"))
-    q = lower(graph, x, default_weight_split(ckpt) if weight_split is None else weight_split)
-    q.meta["calibration"] = {"clips": int(len(x)), "split": "train", "modality": "+".join(mods)}
+    split = default_weight_split(ckpt) if weight_split is None else tuple(weight_split)
+    scales = None if recalibrate else trained_scales(ckpt, checkpoint, split)
+    if scales is None:
+        q = lower(graph, x, split)
+    else:
+        q = balance_delays(quantise(fold_all(graph), None, weight_split=split, scales=scales))
+    q.meta["calibration"] = {"clips": int(len(x)), "split": "train", "modality": "+".join(mods),
+                             "scales": "calibrated" if scales is None else "trained (QAT grid)"}
     if (ckpt.get("metrics") or {}).get("qat"):
         q.meta["qat_grid_mismatches"] = check_qat_grid(ckpt, q)
     return q, x

@@ -5,9 +5,12 @@ Both modes use the model's zero-delay time semantics: at time step ``t`` every n
 sees the step-``t`` spikes of its sources (Lava adds one step per hop; ``hw_sim`` compares
 after the latency recorded by :func:`export.passes.balance_delays`).
 
-Integer mode does all synaptic arithmetic on float64 tensors that hold integers (exact:
-every sum stays far below 2⁵³) and all neuron arithmetic through :mod:`export.fixed_point`,
-the one home of Loihi's rules.
+Integer mode does all synaptic arithmetic on float tensors that hold integers and all neuron
+arithmetic through :mod:`export.fixed_point`, the one home of Loihi's rules. A spike-driven
+synapse runs in float32 when :func:`float32_exact` proves every partial sum an integer below
+2²⁴ (float32 represents every such integer, so any summation order gives the same exact
+result; oneDNN's float32 convolution is ~7× faster than float64 on this CPU); the rest
+(input conv, attention, pool, and any synapse over the bound) in float64, exact below 2⁵³.
 """
 from __future__ import annotations
 
@@ -21,7 +24,12 @@ from . import fixed_point as fx
 from .errors import ExportError
 from .ir import INPUT, LOGITS, Graph, Synapse
 
-__all__ = ["run_graph", "RunResult", "synapse_op", "attention_op", "quantise_input"]
+__all__ = ["run_graph", "RunResult", "synapse_op", "attention_op", "quantise_input", "float32_exact"]
+
+#: Every integer of magnitude up to 2²⁴ is a float32 number.
+F32_EXACT = 2 ** 24
+#: Spike-driven synapse kinds whose inputs are 0/1 spikes summed over ``len(sources)`` groups.
+_SPIKE_KINDS = ("conv", "graph", "affine", "readout")
 
 
 @dataclass
@@ -99,7 +107,7 @@ def synapse_op(s: Synapse, xs: list, weight: np.ndarray | torch.Tensor, num_bodi
         return x[:, :, :: s.stride] * w.view(1, -1, 1, 1)
     if s.kind == "graph":
         if s.adjacency is not None:
-            A = torch.as_tensor(s.adjacency, dtype=torch.float64)
+            A = torch.as_tensor(s.adjacency, dtype=x.dtype)
             z = torch.einsum("bctv,kvw->bkctw", x, A).flatten(1, 2)  # (B, K·C, T, V)
             return torch.einsum("oi,bitv->botv", w, z)
         b, c, t, v = x.shape
@@ -138,6 +146,38 @@ def attention_op(s: Synapse, xs: list, w) -> tuple:
     return out.permute(0, 3, 1, 2) * w, mid
 
 
+def float32_exact(s: Synapse) -> bool:
+    """True when the integer-mode sum of spike-driven synapse ``s`` is exact in float32.
+
+    Every input is a spike count in ``[0, len(s.sources)]`` (the sources' 0/1 spikes are summed
+    first), so every partial sum of output ``o`` is an integer of magnitude at most
+    ``len(s.sources) · Σ_i |mant[o, i]|``; below 2²⁴ (:data:`F32_EXACT`) each is a float32
+    number and the float32 result equals the float64 one whatever the order of summation.
+    False for the host input conv, attention and pool (float64 there).
+    """
+    if s.kind not in _SPIKE_KINDS or s.weight_mant is None:
+        return False
+    m = np.abs(np.asarray(s.weight_mant, dtype=np.float64))
+    rows = m.reshape(-1, 1) if s.kind == "affine" else m.reshape(m.shape[0], -1)
+    return float(rows.sum(axis=1).max(initial=0.0)) * len(s.sources) < F32_EXACT
+
+
+def _merge(parts: list, integer: bool) -> RunResult:
+    """One :class:`RunResult` from those of consecutive slices of a batch (``batch_size``)."""
+    out = RunResult(logits=torch.cat([p.logits for p in parts]))
+    for key in ("spikes", "u", "v", "a_in", "attention_mid"):  # (T_s, B, ...): batch is axis 1
+        for name in getattr(parts[0], key):
+            getattr(out, key)[name] = torch.cat([getattr(p, key)[name] for p in parts], dim=1)
+    for name in parts[0].spike_counts:
+        out.spike_counts[name] = sum(p.spike_counts[name] for p in parts)
+    if integer:
+        for name, sat in parts[0].saturation.items():
+            out.saturation[name] = {k: sum(p.saturation[name][k] for p in parts) for k in sat}
+    for name in parts[0].currents_absmax:
+        out.currents_absmax[name] = max(p.currents_absmax[name] for p in parts)
+    return out
+
+
 def _float_post(s: Synapse, y: torch.Tensor) -> torch.Tensor:
     if s.bn is not None:
         mean, var, gamma, beta, eps = (torch.as_tensor(p, dtype=torch.float64) for p in s.bn)
@@ -150,7 +190,8 @@ def _float_post(s: Synapse, y: torch.Tensor) -> torch.Tensor:
 
 
 def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
-              track_currents: bool = False, hook=None) -> RunResult:
+              track_currents: bool = False, hook=None, batch_size: int | None = None,
+              float_dtype: torch.dtype = torch.float64) -> RunResult:
     """Run the graph on a batch of clips.
 
     Parameters
@@ -172,6 +213,13 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
         with the gradient of the unshifted sum ``acc``), ``spike(name, group, a_in, v_pre,
         spikes)`` (the exact spikes with a surrogate gradient) and ``start(graph)`` (once
         per call). The returned logits then carry an autograd graph.
+    batch_size : int, optional
+        Run at most this many clips at a time (the state of a width-1.0 MK-SGN is ~70 MB per
+        clip) and merge the results: the same numbers as one call (clips are independent;
+        counts are summed, maxima maxed). Not with ``hook``.
+    float_dtype : torch.float64 or torch.float32
+        Float mode's arithmetic. float32 is what the PyTorch model itself computes in and is
+        ~7× faster; the export calibrates with it (:func:`export.passes.calibrate`).
 
     Returns
     -------
@@ -185,6 +233,13 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
     if mode not in ("float", "int"):
         raise ValueError("mode must be 'float' or 'int'")
     integer = mode == "int"
+    if batch_size is not None and x.dim() == 5 and x.shape[0] > batch_size:
+        if hook is not None:
+            raise ValueError("batch_size cannot be combined with a straight-through hook")
+        return _merge([run_graph(graph, x[i:i + batch_size], mode, record, track_currents,
+                                 float_dtype=float_dtype) for i in range(0, x.shape[0], batch_size)], integer)
+    if float_dtype not in (torch.float64, torch.float32):
+        raise ValueError("float_dtype must be torch.float64 or torch.float32")
     if integer and not graph.quantised:
         raise ExportError("integer mode needs a quantised graph (run export.passes.quantise)")
     C, _, V, M = graph.input_shape
@@ -204,6 +259,22 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
         if integer:
             result.saturation[name] = {"v_clip": 0, "u_wrap": 0}
     incoming = {name: graph.incoming(name) for name in list(graph.groups) + [LOGITS]}
+    # spikes (0/1) are held in float32 unless straight-through gradients need float64
+    spike_dtype = torch.float32 if hook is None and (integer or float_dtype == torch.float32) else torch.float64
+    # the weights as tensors, once per call: float32 where it is exact (integer mode, no hook)
+    # or asked for (float mode), else float64
+    f32 = set()
+    weights = {}
+    for syns in incoming.values():
+        for s in syns:
+            if integer and hook is None and float32_exact(s):
+                f32.add(s.name)
+            elif not integer and float_dtype == torch.float32 and s.kind != "attention" and s.sources != (INPUT,):
+                f32.add(s.name)
+            if hook is None:
+                w = s.weight_mant if integer else s.weight
+                weights[s.name] = torch.as_tensor(np.asarray(w), dtype=torch.float32 if s.name in f32
+                                                  else torch.float64)
     logits = 0
     if hook is not None:
         if not integer:
@@ -218,17 +289,19 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
                     y = const[s.name]
                 else:
                     xs = [xin] if s.sources == (INPUT,) else [spikes[u] for u in s.sources]
+                    if hook is None:  # the synapse's dtype (float32 where exact)
+                        xs = [z.to(torch.float32 if s.name in f32 else torch.float64) for z in xs]
                     if integer and s.kind == "attention" and record is True:
                         y, mid = attention_op(s, xs, torch.as_tensor(np.asarray(s.weight_mant), dtype=torch.float64))
                         y = fx.shift_exp(y, s.weight_exp)
                         result.attention_mid.setdefault(s.name, []).append(mid)
                     elif integer:
-                        acc = synapse_op(s, xs, s.weight_mant if hook is None else hook.weight(s), M)
+                        acc = synapse_op(s, xs, weights[s.name] if hook is None else hook.weight(s), M)
                         y = fx.shift_exp(acc, s.weight_exp)
                         if hook is not None:
                             y = hook.current(s, acc, y)
                     else:
-                        y = _float_post(s, synapse_op(s, xs, s.weight, M))
+                        y = _float_post(s, synapse_op(s, xs, weights[s.name], M).to(torch.float64))
                     if s.sources == (INPUT,):
                         const[s.name] = y
                 cur = cur + y
@@ -244,7 +317,7 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
                 sat["v_clip"] += flags["v_clip"]
                 sat["u_wrap"] += flags["u_wrap"]
                 state[name] = (u, v)
-                sp = s_out.to(torch.float64)
+                sp = s_out.to(spike_dtype)
                 if hook is not None:
                     sp = hook.spike(name, g, cur, flags["v_pre"], sp)
             else:
@@ -255,11 +328,12 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
                     result.currents_absmax[name] = max(result.currents_absmax.get(name, 0.0), m)
                 v0 = state.get(name, torch.zeros_like(current))
                 h = g.beta * v0 + current
-                sp = (h > g.threshold).to(torch.float64)
-                v = h * (1 - sp)
+                fired = h > g.threshold
+                v = torch.where(fired, 0.0, h)
+                sp = fired.to(spike_dtype)
                 state[name] = v
             spikes[name] = sp
-            result.spike_counts[name] += int(sp.sum())
+            result.spike_counts[name] += int(torch.count_nonzero(sp))
             if name in rec:
                 result.spikes.setdefault(name, []).append(sp.to(torch.int8))
                 if integer:
@@ -270,13 +344,15 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
                     result.v.setdefault(name, []).append(v)
         for s in incoming[LOGITS]:
             xs = [spikes[u] for u in s.sources]
+            if hook is None:
+                xs = [z.to(torch.float32 if s.name in f32 else torch.float64) for z in xs]
             if integer:
-                acc = synapse_op(s, xs, s.weight_mant if hook is None else hook.weight(s), M)
+                acc = synapse_op(s, xs, weights[s.name] if hook is None else hook.weight(s), M)
                 y = fx.shift_exp(acc, s.weight_exp) + torch.as_tensor(s.meta["bias_int"], dtype=torch.float64)
                 if hook is not None:
                     y = hook.current(s, acc, y)
             else:
-                y = _float_post(s, synapse_op(s, xs, s.weight, M))
+                y = _float_post(s, synapse_op(s, xs, weights[s.name], M).to(torch.float64))
             logits = logits + y
     result.logits = logits if integer else logits / steps
     for d in (result.spikes, result.u, result.v, result.a_in, result.attention_mid):

@@ -177,6 +177,11 @@ class TrainConfig:
     qat_calib_clips : int ≥ 1
         Calibration clips (training split, ``mksgn-export``'s default 64 and seed, so the
         trained grid is the one the export computes).
+    qat_float_weight : float in [0, 1]
+        Loss mix ``α·CE(float logits) + (1 − α)·CE(integer logits)``: the float network (train
+        mode: batch statistics, dropout) is trained alongside the integer twin so it does not
+        drift from it (0: integer loss alone, the first QAT run, whose float top-1 fell 8 points;
+        our rule, measured in docs/results.md). Costs one float forward per step.
     """
 
     epochs: int = 64
@@ -219,6 +224,7 @@ class TrainConfig:
     qat: bool = False
     qat_calib_every: int = 1
     qat_calib_clips: int = 64
+    qat_float_weight: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -245,6 +251,8 @@ class TrainConfig:
                               '"share" = eq. 22 alone (default), "paper" = eq. 22-23 as printed')
         if not isinstance(cfg.qat, bool):
             raise ConfigError(f"train.qat must be true or false (got {cfg.qat!r})")
+        if not num(cfg.qat_float_weight) or not 0 <= cfg.qat_float_weight <= 1:
+            raise ConfigError(f"train.qat_float_weight must be a number in [0, 1] (got {cfg.qat_float_weight!r})")
         if cfg.mine_optimizer not in MINE_OPTIMIZERS:
             raise ConfigError(f"train.mine_optimizer must be one of {list(MINE_OPTIMIZERS)} "
                               f"(got {cfg.mine_optimizer!r})")
@@ -919,6 +927,9 @@ def _step(run: _Run, epoch: int, i: int, lr: float, x, y):
             net = model if run.net is None else run.net  # the DDP wrapper under torchrun
             logits = net(x_in, **forward) if run.forward is None else run.forward(model, x_in)
             loss = F.cross_entropy(logits, y)
+            alpha = run.tcfg.qat_float_weight if run.forward is not None else 0.0
+            if alpha > 0:  # QAT: keep the float network next to the integer one (train.qat_float_weight)
+                loss = alpha * F.cross_entropy(net(x_in), y) + (1 - alpha) * loss
     if not torch.isfinite(loss):
         raise ConfigError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); lower train.lr")
     run.opt.zero_grad(set_to_none=True)

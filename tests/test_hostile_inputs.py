@@ -66,7 +66,7 @@ def save_tiny(path: Path, mutate=None, names=None) -> Path:
 _LOWERED = {}
 
 
-def _fake_export_graph(checkpoint, calib_data, calib_clips=64, progress=True, weight_split=()):
+def _fake_export_graph(checkpoint, calib_data, calib_clips=64, progress=True, weight_split=(), recalibrate=False):
     """export.pipeline.export_graph calibrated on 2 seeded random clips instead of real
     training clips (the integrity and file-handling paths do not depend on the scales)."""
     from export.frontend import from_checkpoint

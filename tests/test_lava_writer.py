@@ -13,6 +13,12 @@ from export.ir import INPUT, LOGITS, Graph, NeuronGroup, Synapse
 from export.passes import balance_delays
 from export.twin import run_graph
 from export.writers.lava_writer import netx_layers, read_lava, write_lava
+import hw_sim  # noqa: F401,I001  (first: clears a start method set earlier, then imports lava's runtime)
+from lava.lib.dl.netx.hdf5 import Network
+from lava.magma.core.run_conditions import RunSteps
+from lava.magma.core.run_configs import Loihi2SimCfg
+from lava.proc.io.sink import RingBuffer as Sink
+from lava.proc.io.source import RingBuffer as Source
 
 V = 4
 
@@ -46,12 +52,6 @@ def _chain(bias: bool) -> Graph:
 
 
 def _run_netx(path, spikes: np.ndarray, steps: int) -> np.ndarray:
-    from lava.lib.dl.netx.hdf5 import Network
-    from lava.magma.core.run_conditions import RunSteps
-    from lava.magma.core.run_configs import Loihi2SimCfg
-    from lava.proc.io.sink import RingBuffer as Sink
-    from lava.proc.io.source import RingBuffer as Source
-
     net = Network(net_config=str(path))
     src = Source(data=spikes)
     sink = Sink(shape=net.out.shape, buffer=steps)

@@ -131,8 +131,45 @@ def test_qat_checkpoint_records_its_grid_and_the_export_checks_it(tmp_path, smal
     planted = dict(ckpt, metrics=dict(ckpt["metrics"], qat=json.loads(json.dumps(rec))))
     planted["metrics"]["qat"]["grid"]["groups"]["layers.0.stc.lif"]["scale_exp"] += 1
     save_checkpoint(tmp_path / "planted.pt", planted)
+    # --recalibrate: the export calibrates afresh and reports where the record differs
     summary = run_export(tmp_path / "planted.pt", "lava", tmp_path / "exp", small_ucla, calib_clips=8,
-                         progress=False)
+                         progress=False, recalibrate=True)
     assert len(summary.warnings) == 1 and "layers.0.stc.lif scale_exp" in summary.warnings[0]
     manifest = json.loads((tmp_path / "exp" / "manifest.json").read_text())
-    assert manifest["weight_split"] == [] and len(manifest["qat"]["grid_mismatches"]) == 1
+    assert manifest["weight_split"] == [] and any("layers.0.stc.lif scale_exp" in m
+                                                  for m in manifest["qat"]["grid_mismatches"])
+    # default: the export is made on the recorded (here planted) scales, not calibrated ones
+    qp, _ = export_graph(tmp_path / "planted.pt", small_ucla, calib_clips=8, progress=False)
+    assert qp.groups["layers.0.stc.lif"].scale == 2 * q.groups["layers.0.stc.lif"].scale
+    assert qp.meta["calibration"]["scales"] == "trained (QAT grid)"
+    assert not any("scale_exp" in m for m in qp.meta["qat_grid_mismatches"])
+    assert any("layers.0.stc.lif vth_mant" in m for m in qp.meta["qat_grid_mismatches"])  # record kept the old one
+
+
+def test_a_qat_export_is_the_grid_training_evaluated_on(tmp_path, small_ucla):
+    """Weights that moved after the last calibration (as during a QAT epoch) can calibrate to
+    another grid; the export of the checkpoint is made on the recorded grid, so its integers
+    are those the training's integer evaluation computed: same logits as QATForward at the
+    held scales, and no grid mismatch. With --recalibrate a moved scale is reported."""
+    model = tiny_model("mksgn")
+    calib = calibration_clips(small_ucla, ["joint"], 8, progress=False)
+    qat = QATForward(calib)
+    qat.calibrate(model)
+    with torch.no_grad():  # a weight change of the kind a QAT epoch makes, enough to move scales
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.mul_(1.7)
+        x = real_clips("test", 4)
+        held = qat(model, x)
+    ckpt = {"config": {"model": model.cfg.to_dict(), "train": {"qat": True}}, "state_dict": model.state_dict(),
+            "class_names": [str(i) for i in range(10)],
+            "data": {"dataset": "ucla", "layout": "ucla20", "modalities": ["joint"], "window": 52,
+                     "protocol": "view3"},
+            "metrics": {"qat": {"grid": qat.grid}}, "epoch": 1}
+    save_checkpoint(tmp_path / "moved.pt", ckpt)
+    q, _ = export_graph(tmp_path / "moved.pt", small_ucla, calib_clips=8, progress=False)
+    assert q.meta["qat_grid_mismatches"] == []
+    twin = run_graph(q, x, mode="int").logits / (q.meta["readout_scale"] * q.time_steps)
+    assert torch.equal(twin, held)
+    qr, _ = export_graph(tmp_path / "moved.pt", small_ucla, calib_clips=8, progress=False, recalibrate=True)
+    assert qr.meta["qat_grid_mismatches"], "a 1.7x weight change should move at least one scale"
