@@ -35,11 +35,16 @@ from __future__ import annotations
 
 import copy
 import sys
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import ExportError
+
+# Graph.copy shares arrays read-only; the twin, the writers and the Lava builders only read
+# them, so torch's one-time notice about wrapping a read-only array (torch.as_tensor) is noise.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 
 SYNAPSE_KINDS = ("input_conv", "conv", "affine", "graph", "pool", "attention", "readout")
 INPUT = "input"
@@ -115,10 +120,16 @@ class Graph:
     meta: dict = field(default_factory=dict)
 
     def copy(self) -> "Graph":
-        """A deep copy, except that torch tensors (the differentiable IR of
-        :func:`export.frontend.from_model`) are shared, not copied: the passes replace
-        attributes instead of changing arrays in place, and a copied tensor would lose its
-        autograd link to the model's parameters."""
+        """A deep copy of the structure (groups, synapses, meta) that shares the arrays.
+
+        The NumPy arrays and torch tensors held by groups and synapses (weights, mantissas,
+        biases, adjacency, BN statistics) are shared, not copied: the passes replace
+        attributes instead of changing arrays in place. Sharing keeps a pass's peak memory
+        at one graph (at paper width the folded graph-conv matrices alone are ~1 GB, and
+        every pass used to hold two or three copies), and a copied tensor would lose its
+        autograd link to the model's parameters. Shared NumPy arrays are made read-only, so
+        an in-place write to one raises ``ValueError`` instead of changing both graphs.
+        """
         # no torch import here: the IR is imported by the Lava builders' light modules
         # (hw_sim.attention), and a tensor can exist only once torch is loaded
         tensor = getattr(sys.modules.get("torch"), "Tensor", None)
@@ -126,7 +137,10 @@ class Graph:
         for obj in list(self.groups.values()) + list(self.synapses.values()):
             for v in vars(obj).values():
                 for t in (v if isinstance(v, tuple) else (v,)):
-                    if tensor is not None and isinstance(t, tensor):
+                    if isinstance(t, np.ndarray):
+                        t.flags.writeable = False
+                        memo[id(t)] = t
+                    elif tensor is not None and isinstance(t, tensor):
                         memo[id(t)] = t
         return copy.deepcopy(self, memo)
 

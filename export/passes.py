@@ -321,13 +321,15 @@ def split_residual(s, w_scaled: np.ndarray) -> list:
     if not np.any(mant):
         return []
     out = []
+    zero = np.broadcast_to(np.float64(0.0), np.shape(s.weight))
+    mant = np.asarray(mant, np.int64)
     for u in s.sources:
-        lo = copy.deepcopy(s)
+        lo = copy.copy(s)  # every array attribute is replaced or shared read-only below
         lo.name = f"{s.name}.lo" if len(s.sources) == 1 else f"{s.name}.lo.{u}"
         lo.sources = (u,)
-        lo.weight = np.zeros_like(np.asarray(s.weight, np.float64))
+        lo.weight = zero  # one read-only zero view, no memory (~1 GB per copy at paper width)
         lo.bias, lo.bn = None, None
-        lo.weight_mant, lo.weight_exp = np.asarray(mant, np.int64), int(exp)
+        lo.weight_mant, lo.weight_exp = mant, int(exp)
         lo.meta = {"split_of": s.name, **({"delays": {u: s.meta["delays"][u]}} if "delays" in s.meta else {})}
         out.append(lo)
     return out

@@ -79,7 +79,7 @@ def test_a_dangling_init_path_is_reported(tmp_path):
                                          ("base_sgn/ucla_joint", "base_sgn_ucla_joint"),
                                          ("mksgn/ucla_4modal_paper", "mksgn_ucla_4modal_kd_interim"),
                                          ("ctrgcn/ucla_teacher", "ctrgcn_ucla_joint"),
-                                         ("mksgn/ucla_joint_4_qat", "mksgn_ucla_joint_qat_interim")])
+                                         ("mksgn/ucla_joint_7_qat_cont", "mksgn_ucla_joint_qat_interim")])
 def test_the_last_config_of_a_chain_is_the_shipped_model_s_recipe(name, model):
     """The shipped checkpoint was trained with the train settings of its chain's last config
     (paths apart: ``init_from`` named the run folder of its day)."""
