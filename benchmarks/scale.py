@@ -11,6 +11,7 @@ forked workers share pages, so summed RSS would count those pages many times ove
 Usage::
 
     python benchmarks/scale.py --widths 0.25 0.5 1.0 --clips 4 --json out/scale.json
+    python benchmarks/scale.py --widths 1.0 --plain --clips 4   # plain 8-bit, as a QAT model exports
     python benchmarks/scale.py --checkpoint models/mksgn_ucla_joint.pt --clips all
 
 Prints a table and writes JSON. Run one at a time: a width-1.0 replay needs most of 24 GB.
@@ -150,11 +151,12 @@ def random_checkpoint(path: Path, width: float, seed: int = 0) -> Path:
     return path
 
 
-def measure(ckpt: Path, clips, workdir: Path, label: str) -> dict:
+def measure(ckpt: Path, clips, workdir: Path, label: str, weight_split=None, calib_clips: int = 64,
+            chunk: int = 4) -> dict:
     out = workdir / f"export_{label}"
     t0 = time.perf_counter()
     with PeakPss(0.5) as mem_export:
-        run_export(ckpt, "lava", out, DATA, calib_clips=16, progress=False)
+        run_export(ckpt, "lava", out, DATA, calib_clips=calib_clips, progress=False, weight_split=weight_split)
     export_s = time.perf_counter() - t0
     graph = read_lava(out)
     manifest = json.loads((out / "manifest.json").read_text())
@@ -162,7 +164,7 @@ def measure(ckpt: Path, clips, workdir: Path, label: str) -> dict:
     res_json = json.loads((out / "resources.json").read_text())
     with PeakPss(1.0, limit_mb=LIMIT_MB) as mem:
         try:
-            r = replay(graph, x, labels, chunk=4, timeout_s=3600)
+            r = replay(graph, x, labels, chunk=chunk, timeout_s=3600)
         except Exception as exc:  # noqa: BLE001 - reported as a row
             if not mem.over_limit:
                 raise
@@ -188,6 +190,10 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", action="append", default=[])
     ap.add_argument("--clips", default="4")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--plain", action="store_true",
+                    help="export with plain 8-bit weights (no weight split), as a QAT checkpoint exports")
+    ap.add_argument("--calib-clips", type=int, default=64, help="mksgn-export's --calib-clips (default 64)")
+    ap.add_argument("--chunk", type=int, default=4, help="clips per Lava run chunk (mksgn-sim --chunk)")
     args = ap.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="mksgn-scale-") as tmp:
@@ -195,7 +201,9 @@ def main(argv=None) -> int:
         jobs = [(Path(c), Path(c).stem) for c in args.checkpoint]
         jobs += [(random_checkpoint(tmp / f"w{w}.pt", w), f"width {w}") for w in args.widths]
         for ckpt, label in jobs:
-            row = measure(ckpt, args.clips, tmp, label.replace(" ", "_"))
+            row = measure(ckpt, args.clips, tmp, label.replace(" ", "_"), weight_split=() if args.plain else None,
+                          calib_clips=args.calib_clips, chunk=args.chunk)
+            row["weight_split"] = "none" if args.plain else "default"
             row["label"] = label
             rows.append(row)
             print(json.dumps(row), flush=True)

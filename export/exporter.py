@@ -4,6 +4,8 @@ Layout of ``OUT/`` (all targets)::
 
     network.net | model.onnx | network.nir   the target file
     quantisation.json                        per-group scale, vth, weight_exp, saturation
+                                             (integer twin on the first SATURATION_CLIPS
+                                             calibration clips: ``saturation_clips``)
     resources.json                           neurons, synapses, fan-in/out, Loihi 2 cores
     manifest.json                            versions, input encoding, scales, latency,
                                              class names, sha256 of every other file
@@ -41,7 +43,7 @@ from mksgn.guard import integer, is_no_space, output_dir, read_json, read_limite
 
 from .errors import ExportError
 from .ir import Graph
-from .passes import CALIB_BATCH, SPLIT_KINDS
+from .passes import SATURATION_BATCH, SATURATION_CLIPS, SPLIT_KINDS
 from .pipeline import export_graph
 from .resources import format_resources, resources
 from .twin import run_graph
@@ -271,8 +273,11 @@ def run_export(checkpoint: str | Path, target: str, out_dir: str | Path | None, 
     remove_stale_temps(out_dir)
     graph, x = export_graph(checkpoint, calib_data, calib_clips, progress=progress, weight_split=weight_split,
                             recalibrate=recalibrate)
-    # saturation on the calibration clips, in integer arithmetic
-    graph.meta["quantisation"]["saturation"] = run_graph(graph, x, mode="int", batch_size=CALIB_BATCH).saturation
+    # saturation in integer arithmetic on the first SATURATION_CLIPS calibration clips
+    sat_x = x[:SATURATION_CLIPS]
+    graph.meta["quantisation"]["saturation"] = run_graph(graph, sat_x, mode="int", batch_size=SATURATION_BATCH,
+                                                         cache_weights=False).saturation
+    graph.meta["quantisation"]["saturation_clips"] = int(len(sat_x))
     layers = layer_table(graph)
     res = resources(graph)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

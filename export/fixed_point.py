@@ -750,7 +750,7 @@ def conv_wrap(x):
 
 # --------------------------------------------------------------------------- quantisation
 def quantise_weights(w_float, bits: int = WEIGHT_BITS, current_scale: Optional[float] = None,
-                     sign_mode=MIXED, weight_exp: Optional[int] = None):
+                     sign_mode=MIXED, weight_exp: Optional[int] = None, out_dtype=np.int64):
     """Quantise float weights for ``Dense(weights=w_mant, weight_exp=e, num_weight_bits=bits)``.
 
     Units: a float current ``I = W_float @ s`` becomes the integer synaptic input
@@ -779,10 +779,11 @@ def quantise_weights(w_float, bits: int = WEIGHT_BITS, current_scale: Optional[f
         MIXED (default) is always valid; EXCITATORY/INHIBITORY gain one bit.
     weight_exp : int or None
         Force the exponent.
+    out_dtype : numpy integer dtype of a NumPy result (default int64; mantissas fit int16)
 
     Returns
     -------
-    (w_mant, weight_exp, scale) : int64 array/tensor, int, float
+    (w_mant, weight_exp, scale) : int64 array/tensor (``out_dtype`` for NumPy input), int, float
     """
     step, lo, hi = weight_grid(bits, sign_mode)
     wf = _float64(w_float)
@@ -813,9 +814,17 @@ def quantise_weights(w_float, bits: int = WEIGHT_BITS, current_scale: Optional[f
             # need scale / 2**e <= fit  <=>  e >= log2(scale / fit)
             e = math.ceil(math.log2(scale / fit) - 1e-12)
             e = min(max(e, WEIGHT_EXP_MIN), WEIGHT_EXP_MAX)
-    x = wf * (scale / 2.0 ** e) / step
-    w_mant = _clip(_round(x) * step, lo, hi)
-    w_mant = w_mant.to(torch.int64) if _is_torch(w_mant) else w_mant.astype(np.int64)
+    if _is_torch(wf) or np.ndim(wf) == 0:
+        x = wf * (scale / 2.0 ** e) / step
+        w_mant = _clip(_round(x) * step, lo, hi)
+        w_mant = w_mant.to(torch.int64) if _is_torch(w_mant) else np.asarray(w_mant).astype(out_dtype)
+    else:  # the same operations in place: one float64 temporary (paper width: 210 MB per matrix)
+        x = wf * (scale / 2.0 ** e)
+        x /= step
+        np.round(x, out=x)
+        x *= step
+        np.clip(x, lo, hi, out=x)
+        w_mant = x.astype(out_dtype)
     return w_mant, int(e), float(scale)
 
 

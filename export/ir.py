@@ -51,6 +51,13 @@ INPUT = "input"
 LOGITS = "logits"
 
 
+#: dtype of the synapse mantissas (``Synapse.weight_mant``) in a quantised graph: 8-bit
+#: values (a weight-split partner's too). int64 doubled the export's largest arrays: the folded
+#: graph convs of the paper-width model hold 1.7 GB of mantissas as int64, 0.85 GB as int32.
+#: ``network.net`` stores int64; :func:`export.writers.lava_writer.read_lava` gives this dtype.
+MANT_DTYPE = np.int32
+
+
 @dataclass
 class NeuronGroup:
     """A CUBA-LIF population; shape ``(C, T, V)`` per sample (B = N·M folded)."""

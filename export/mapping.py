@@ -30,6 +30,12 @@ weight-split pair      a high group (``e ≥ 0``) and its low partner (``e_lo  2
                        L) / 2^k⌋ = 2^e·H + ⌊L / 2^k⌋`` for integer ``H``
                        (:func:`mark_pairs`)
 ``affine``/``pool``    ``Sparse`` (one synapse per neuron: nothing to share) 1
+multi-source synapse   ONE process of its mapping fed by every source: Lava  as its mapping
+(not paired, not       sums the messages of all connections into an InPort
+readout)               (``PyInPortVectorDense.recv``), so it takes graded
+                       messages (the spike count 0..len(sources)) and
+                       applies ``weight_exp`` to the sum once, as the twin
+                       does (:func:`merged_sources`)
 ``readout``            ``Dense`` → non-spiking ``LIFReset`` integrator      1
 ``attention``          ``Sparse`` fan-out → ``ProdNeuron`` → ``Sparse`` sum  4 for the first
                        → ``GradedVec`` → ``Sparse`` fan-out → ``ProdNeuron`` pair, 2 for the
@@ -46,7 +52,7 @@ from __future__ import annotations
 from .ir import Synapse
 
 __all__ = ["ATTENTION_ORDERS", "attention_order", "attention_hops", "synapse_mapping", "hop_latency",
-           "attention_resources", "SHARED_KINDS", "mark_pairs", "paired"]
+           "attention_resources", "SHARED_KINDS", "mark_pairs", "paired", "merged_sources"]
 
 #: SG-SA product orders: ``qk`` computes ``A = Q Kᵀ`` (``V×V`` per frame) first, ``kv``
 #: computes ``B = Kᵀ V`` (``C×C`` per frame) first. Integer arithmetic is exact, so both give
@@ -118,6 +124,25 @@ def mark_pairs(synapses: dict) -> None:
 def paired(s: Synapse, source: str) -> bool:
     """Whether the connection (``s``, ``source``) is one half of a shared weight-split pair."""
     return source in s.meta.get("paired_sources", ()) or bool(s.meta.get("paired_with"))
+
+
+def merged_sources(s: Synapse) -> bool:
+    """Whether the sources of ``s`` feed ONE Lava process (its ``Conv``, ``Conv`` + relay +
+    floor, or ``Sparse``) instead of one per source.
+
+    True for a synapse with several sources, none of them half of a weight-split pair, other
+    than the readout, the first layer and the attention. All its connections then end on the
+    same ``s_in``; lava-nc adds the messages of every connection of an InPort
+    (``lava/magma/core/model/py/ports.py::PyInPortVectorDense.recv``), so the process receives
+    the spike count ``0..len(sources)`` (graded messages) and its ``weight_exp`` shifts (or
+    floors) the *sum* once — what the twin computes (:func:`export.twin.synapse_op` on the
+    summed sources, then :func:`export.fixed_point.shift_exp`). One process per source would
+    floor each source's sum separately. The sources all have the target's input shape, so
+    every source sees the same weights; synaptic events are still counted per source spike.
+    """
+    if len(s.sources) < 2 or s.kind in ("readout", "input_conv", "attention"):
+        return False
+    return not s.meta.get("paired_sources") and not s.meta.get("paired_with")
 
 
 def hop_latency(s: Synapse, source: str, channels: int | None = None, joints: int | None = None) -> int:

@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from .ir import INPUT, LOGITS, Graph
-from .mapping import attention_resources, paired, synapse_mapping
+from .mapping import attention_resources, merged_sources, paired, synapse_mapping
 
 NEURONS_PER_CORE = 8192
 SYNAPSES_PER_CORE = 120_000_000 // 128
@@ -64,18 +64,20 @@ def synapse_count(graph: Graph, s) -> int:
 def stored_weights(graph: Graph, s) -> int:
     """Weights the Lava mapping of ``s`` stores (non-zero): the kernel once for a shared
     ``Conv`` (plus one flooring synapse per target neuron and clip for a negative exponent),
-    the unrolled synapses otherwise, the six synapse stages for attention."""
+    the unrolled synapses otherwise, the six synapse stages for attention — once for a synapse
+    whose sources share one process (:func:`export.mapping.merged_sources`), else per source."""
     m = synapse_mapping(s)
     w = s.weight_mant if s.weight_mant is not None else s.weight
     M = int(graph.input_shape[3])
     if m == "attention":
         return _attention(graph, s)["synapses"]
+    copies = 1 if merged_sources(s) else len(s.sources)  # one process for all sources, or one each
     if m in ("conv", "conv+floor"):
-        n = int(np.count_nonzero(w)) * len(s.sources)
-        floors = len(s.sources) if m == "conv+floor" else sum(paired(s, u) for u in s.sources)
+        n = int(np.count_nonzero(w)) * copies
+        floors = copies if m == "conv+floor" else sum(paired(s, u) for u in s.sources)
         return n + graph.groups[s.target].size * M * floors
     per_body = synapse_count(graph, s) * (1 if s.kind in ("readout", "pool") else M)
-    return per_body * len(s.sources)
+    return per_body * copies
 
 
 def _attention(graph: Graph, s) -> dict:

@@ -157,9 +157,11 @@ def float32_exact(s: Synapse) -> bool:
     """
     if s.kind not in _SPIKE_KINDS or s.weight_mant is None:
         return False
-    m = np.abs(np.asarray(s.weight_mant, dtype=np.float64))
+    m = np.asarray(s.weight_mant)
     rows = m.reshape(-1, 1) if s.kind == "affine" else m.reshape(m.shape[0], -1)
-    return float(rows.sum(axis=1).max(initial=0.0)) * len(s.sources) < F32_EXACT
+    top = max((int(np.abs(rows[i:i + 4096].astype(np.int64)).sum(axis=1).max(initial=0))
+               for i in range(0, rows.shape[0], 4096)), default=0)  # row blocks: no full-size temporary
+    return top * len(s.sources) < F32_EXACT
 
 
 def _merge(parts: list, integer: bool) -> RunResult:
@@ -189,9 +191,24 @@ def _float_post(s: Synapse, y: torch.Tensor) -> torch.Tensor:
     return y
 
 
+class _WeightTensor:
+    """A synapse's weights (mantissas in integer mode) as a tensor of ``dtype``, made on call."""
+
+    def __init__(self, s: Synapse, integer: bool, dtype):
+        self.s, self.integer, self.dtype = s, integer, dtype
+
+    def __call__(self) -> torch.Tensor:
+        w = self.s.weight_mant if self.integer else self.s.weight
+        return torch.as_tensor(np.asarray(w), dtype=self.dtype)
+
+
+def _tensor(w) -> torch.Tensor:
+    return w() if isinstance(w, _WeightTensor) else w
+
+
 def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
               track_currents: bool = False, hook=None, batch_size: int | None = None,
-              float_dtype: torch.dtype = torch.float64) -> RunResult:
+              float_dtype: torch.dtype = torch.float64, cache_weights: bool = True) -> RunResult:
     """Run the graph on a batch of clips.
 
     Parameters
@@ -220,6 +237,11 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
     float_dtype : torch.float64 or torch.float32
         Float mode's arithmetic. float32 is what the PyTorch model itself computes in and is
         ~7× faster; the export calibrates with it (:func:`export.passes.calibrate`).
+    cache_weights : bool
+        Convert every synapse's weights to a tensor once per call (default). False converts a
+        synapse's weights each time it is used and drops them after: the same numbers, a
+        little slower, without a second copy of all weights in memory (0.85 GB at paper
+        width: the export's saturation check uses it).
 
     Returns
     -------
@@ -237,7 +259,8 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
         if hook is not None:
             raise ValueError("batch_size cannot be combined with a straight-through hook")
         return _merge([run_graph(graph, x[i:i + batch_size], mode, record, track_currents,
-                                 float_dtype=float_dtype) for i in range(0, x.shape[0], batch_size)], integer)
+                                 float_dtype=float_dtype, cache_weights=cache_weights)
+                       for i in range(0, x.shape[0], batch_size)], integer)
     if float_dtype not in (torch.float64, torch.float32):
         raise ValueError("float_dtype must be torch.float64 or torch.float32")
     if integer and not graph.quantised:
@@ -272,9 +295,9 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
             elif not integer and float_dtype == torch.float32 and s.kind != "attention" and s.sources != (INPUT,):
                 f32.add(s.name)
             if hook is None:
-                w = s.weight_mant if integer else s.weight
-                weights[s.name] = torch.as_tensor(np.asarray(w), dtype=torch.float32 if s.name in f32
-                                                  else torch.float64)
+                weights[s.name] = _WeightTensor(s, integer, torch.float32 if s.name in f32 else torch.float64)
+                if cache_weights:
+                    weights[s.name] = weights[s.name]()
     logits = 0
     if hook is not None:
         if not integer:
@@ -296,12 +319,12 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
                         y = fx.shift_exp(y, s.weight_exp)
                         result.attention_mid.setdefault(s.name, []).append(mid)
                     elif integer:
-                        acc = synapse_op(s, xs, weights[s.name] if hook is None else hook.weight(s), M)
+                        acc = synapse_op(s, xs, _tensor(weights[s.name]) if hook is None else hook.weight(s), M)
                         y = fx.shift_exp(acc, s.weight_exp)
                         if hook is not None:
                             y = hook.current(s, acc, y)
                     else:
-                        y = _float_post(s, synapse_op(s, xs, weights[s.name], M).to(torch.float64))
+                        y = _float_post(s, synapse_op(s, xs, _tensor(weights[s.name]), M).to(torch.float64))
                     if s.sources == (INPUT,):
                         const[s.name] = y
                 cur = cur + y
@@ -347,12 +370,12 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
             if hook is None:
                 xs = [z.to(torch.float32 if s.name in f32 else torch.float64) for z in xs]
             if integer:
-                acc = synapse_op(s, xs, weights[s.name] if hook is None else hook.weight(s), M)
+                acc = synapse_op(s, xs, _tensor(weights[s.name]) if hook is None else hook.weight(s), M)
                 y = fx.shift_exp(acc, s.weight_exp) + torch.as_tensor(s.meta["bias_int"], dtype=torch.float64)
                 if hook is not None:
                     y = hook.current(s, acc, y)
             else:
-                y = _float_post(s, synapse_op(s, xs, weights[s.name], M).to(torch.float64))
+                y = _float_post(s, synapse_op(s, xs, _tensor(weights[s.name]), M).to(torch.float64))
             logits = logits + y
     result.logits = logits if integer else logits / steps
     for d in (result.spikes, result.u, result.v, result.a_in, result.attention_mid):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from export.ir import INPUT, Graph
-from export.mapping import paired, synapse_mapping
+from export.mapping import merged_sources, paired, synapse_mapping
 from export.twin import synapse_op
 
 
@@ -100,7 +100,8 @@ def twin_events(graph: Graph, spikes: dict, num_bodies: int) -> dict:
     dict synapse name → int. A shared conv with a negative ``weight_exp``
     (:func:`export.mapping.synapse_mapping` ``conv+floor``), and the high group of a shared
     weight-split pair (:func:`export.mapping.paired`), add one event per non-zero sum their
-    relay forwards to the flooring synapse.
+    relay forwards to the flooring synapse (one relay for all sources of a merged synapse,
+    :func:`export.mapping.merged_sources`, else one per source).
     """
     out = {}
     for s in graph.synapses.values():
@@ -113,12 +114,17 @@ def twin_events(graph: Graph, spikes: dict, num_bodies: int) -> dict:
             continue
         mask = (np.asarray(s.weight_mant) != 0).astype(np.float64)
         total = 0.0
+        floor = synapse_mapping(s) == "conv+floor"
         for u in s.sources:
             sp = spikes[u].double()
             for t in range(sp.shape[0]):
                 total += float(synapse_op(s, [sp[t]], mask, num_bodies).sum())
-                if synapse_mapping(s) == "conv+floor" or paired(s, u):
+                if (floor and not merged_sources(s)) or paired(s, u):
                     total += float((synapse_op(s, [sp[t]], s.weight_mant, num_bodies) != 0).sum())
+        if floor and merged_sources(s):  # one relay carries the sum of all sources
+            for t in range(spikes[s.sources[0]].shape[0]):
+                xs = [spikes[u][t].double() for u in s.sources]
+                total += float((synapse_op(s, xs, s.weight_mant, num_bodies) != 0).sum())
         out[s.name] = int(round(total))
     return out
 

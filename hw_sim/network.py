@@ -54,7 +54,7 @@ from scipy import sparse as sp
 
 from export import fixed_point as fx
 from export.ir import INPUT, LOGITS, Graph
-from export.mapping import attention_hops, paired, synapse_mapping
+from export.mapping import attention_hops, merged_sources, paired, synapse_mapping
 from export.passes import balance_delays
 from export.resources import synapse_count
 from export.twin import quantise_input
@@ -554,59 +554,21 @@ def build_network(graph: Graph, coords: np.ndarray, chunk: int = 4, shared: bool
                       if x.meta.get("paired_with") == s.name and x.sources == (u,))
             _build_pair(net, graph, s, lo, u, src, tgt_shape, per_clip, shared, sparse, aux_probe, Conv, GradedVec)
             continue
-        if mapping in ("conv", "conv+floor"):
-            params = conv_params(graph, s, shift=max(int(s.weight_exp), 0))
-            # the Conv's 24-bit output wrap: keep every possible sum inside it, else unroll
-            bound = np.abs(params["weight"].astype(np.int64)).reshape(params["weight"].shape[0], -1).sum(axis=1).max()
-            if bound > CONV_SUM_MAX:
-                mapping = "sparse" if mapping == "conv" else mapping
-        if mapping in ("conv", "conv+floor") and bound <= CONV_SUM_MAX:
-            if shared:
-                conv = Conv(weight=params["weight"], input_shape=params["input_shape"], padding=params["padding"],
-                            stride=params["stride"], name=label)
-                view, out = conv_views(s, src, net.shapes[u], tgt_shape)
-                view.connect(conv.s_in)
-                conv_out = out(conv.a_out)
-                fo = shared_fan_out(graph, s, u, per_clip)
-                stored = int(np.count_nonzero(params["weight"]))
-            else:  # the same hops with the weights unrolled
-                mat = synapse_matrix(graph, s, u, per_clip)
-                conv = sparse(s, u, mat, label, s.weight_exp if mapping == "conv" else 0)
-                src.connect(conv.s_in)
-                conv_out = conv.a_out
-                fo = fan_out(mat)
-                stored = int(mat.nnz)
-            net.processes[label] = conv
-            net.event_terms.append({"synapse": s.name, "hop": "conv", "trace": ("spikes", u), "fan_out": fo})
-            net.stored_weights[s.name] = net.stored_weights.get(s.name, 0) + stored
-            if mapping == "conv":
-                conv_out.connect(net.lif[s.target].a_in)
-            else:
-                n_t = int(np.prod(tgt_shape))
-                relay = GradedVec(shape=(n_t,), vth=0)
-                conv_out.connect(relay.a_in)
-                net.processes[f"relay:{label}"] = relay
-                eye = sparse_eye(n_t)
-                floor = sparse(s, u, eye, f"floor:{label}", s.weight_exp, graded=True)
-                relay.s_out.connect(floor.s_in)
-                floor.a_out.connect(net.lif[s.target].a_in)
-                lat = graph.groups[u].latency + d + 1  # the relay works one hop after the delayed spikes
-                aux_probe(f"relay:{label}", relay.s_out, n_t, "count", lat)
-                net.event_terms.append({"synapse": s.name, "hop": "floor", "trace": ("aux", f"relay:{label}"),
-                                        "fan_out": 1})
-                net.stored_weights[s.name] += n_t
-            net.mapping[s.name] = mapping
-            continue
-        if len(s.sources) > 1 and s.weight_exp < 0:
-            raise SimError(f"synapse {s.name}: weight_exp {s.weight_exp} < 0 on a multi-source synapse "
-                           "cannot be split into per-source Lava synapses exactly")
-        mat = synapse_matrix(graph, s, u, per_clip)
-        conn = sparse(s, u, mat, label, s.weight_exp)
-        src.connect(conn.s_in)
-        conn.a_out.connect(net.lif[s.target].a_in)
-        net.event_terms.append({"synapse": s.name, "hop": "sparse", "trace": ("spikes", u), "fan_out": fan_out(mat)})
-        net.mapping[s.name] = "sparse"
-        net.stored_weights[s.name] = net.stored_weights.get(s.name, 0) + int(mat.nnz)
+        if merged_sources(s):
+            if u != s.sources[0]:
+                continue  # every source was connected with the first one
+            feeds = []
+            for v in s.sources:
+                dv = int(delays[v])
+                check_delay(s, v, dv)
+                if net.shapes[v] != net.shapes[u]:
+                    raise SimError(f"synapse {s.name}: sources {u} and {v} differ in shape "
+                                   f"({net.shapes[u]} vs {net.shapes[v]}); re-export")
+                feeds.append((v, dv, spike_source(v, dv)))
+        else:
+            feeds = [(u, d, src)]
+        _build_static(net, graph, s, feeds, mapping, tgt_shape, per_clip, shared, sparse, aux_probe,
+                      Conv, GradedVec)
 
     # ---------------------------------------------------------------- attention
     for s in graph.synapses.values():
@@ -659,6 +621,76 @@ def build_network(graph: Graph, coords: np.ndarray, chunk: int = 4, shared: bool
     if not any(s.sources == (INPUT,) for s in graph.synapses.values()):
         raise SimError("the graph has no input layer")
     return net
+
+
+def _build_static(net, graph, s, feeds, mapping, tgt_shape, per_clip, shared, sparse, aux_probe, Conv, GradedVec):
+    """One static synapse ``s`` (conv, folded graph conv, affine, pool) from ``feeds``, a list of
+    ``(source, delay, spike port)``: one source, or every source of a merged synapse
+    (:func:`export.mapping.merged_sources`), whose connections all end on the same ``s_in``.
+    Several feeds make the process take graded messages (lava adds the connections' messages:
+    the spike count) and its ``weight_exp`` applies to the summed input once, as in the twin."""
+    u, d, _ = feeds[0]
+    graded = len(feeds) > 1
+    label = f"{s.name}<-{'+'.join(f for f, _, _ in feeds)}"
+    if mapping in ("conv", "conv+floor"):
+        params = conv_params(graph, s, shift=max(int(s.weight_exp), 0))
+        # the Conv's 24-bit output wrap: keep every possible sum inside it, else unroll
+        w_abs = np.abs(params["weight"].astype(np.int64)).reshape(params["weight"].shape[0], -1)
+        if int(w_abs.sum(axis=1).max()) * len(feeds) > CONV_SUM_MAX:
+            if mapping == "conv+floor":
+                raise SimError(f"synapse {s.name}: a Conv sum could exceed the 24-bit Conv output and "
+                               "its negative weight_exp has no unrolled form; report this model")
+            mapping = "sparse"
+    if mapping in ("conv", "conv+floor"):
+        if shared:
+            conv = Conv(weight=params["weight"], input_shape=params["input_shape"], padding=params["padding"],
+                        stride=params["stride"], num_message_bits=24 if graded else 0, name=label)
+            for v, _, port in feeds:
+                view, out = conv_views(s, port, net.shapes[v], tgt_shape)
+                view.connect(conv.s_in)
+            conv_out = out(conv.a_out)
+            fos = [shared_fan_out(graph, s, v, per_clip) for v, _, _ in feeds]
+            stored = int(np.count_nonzero(params["weight"]))
+        else:  # the same hops with the weights unrolled
+            mat = synapse_matrix(graph, s, u, per_clip)
+            conv = sparse(s, u, mat, label, s.weight_exp if mapping == "conv" else 0, graded=graded)
+            for _, _, port in feeds:
+                port.connect(conv.s_in)
+            conv_out = conv.a_out
+            fos = [fan_out(mat)] * len(feeds)
+            stored = int(mat.nnz)
+        net.processes[label] = conv
+        for (v, _, _), fo in zip(feeds, fos):
+            net.event_terms.append({"synapse": s.name, "hop": "conv", "trace": ("spikes", v), "fan_out": fo})
+        net.stored_weights[s.name] = net.stored_weights.get(s.name, 0) + stored
+        if mapping == "conv":
+            conv_out.connect(net.lif[s.target].a_in)
+        else:
+            n_t = int(np.prod(tgt_shape))
+            relay = GradedVec(shape=(n_t,), vth=0)
+            conv_out.connect(relay.a_in)
+            net.processes[f"relay:{label}"] = relay
+            floor = sparse(s, u, sparse_eye(n_t), f"floor:{label}", s.weight_exp, graded=True)
+            relay.s_out.connect(floor.s_in)
+            floor.a_out.connect(net.lif[s.target].a_in)
+            lat = graph.groups[u].latency + d + 1  # the relay works one hop after the delayed spikes
+            aux_probe(f"relay:{label}", relay.s_out, n_t, "count", lat)
+            net.event_terms.append({"synapse": s.name, "hop": "floor", "trace": ("aux", f"relay:{label}"),
+                                    "fan_out": 1})
+            net.stored_weights[s.name] += n_t
+        net.mapping[s.name] = mapping
+        return
+    if len(s.sources) > 1 and not graded and s.weight_exp < 0:
+        raise SimError(f"synapse {s.name}: weight_exp {s.weight_exp} < 0 on a multi-source synapse "
+                       "cannot be split into per-source Lava synapses exactly")
+    mat = synapse_matrix(graph, s, u, per_clip)
+    conn = sparse(s, u, mat, label, s.weight_exp, graded=graded)
+    for v, _, port in feeds:
+        port.connect(conn.s_in)
+        net.event_terms.append({"synapse": s.name, "hop": "sparse", "trace": ("spikes", v), "fan_out": fan_out(mat)})
+    conn.a_out.connect(net.lif[s.target].a_in)
+    net.mapping[s.name] = "sparse"
+    net.stored_weights[s.name] = net.stored_weights.get(s.name, 0) + int(mat.nnz)
 
 
 def _build_pair(net, graph, hi, lo, u, src, tgt_shape, per_clip, shared, sparse, aux_probe, Conv, GradedVec):

@@ -113,6 +113,8 @@ class ReplayResult:
         Lava connection kind (``conv``, ``floor``, ``sparse``, attention hops, ...)
     mapping : dict synapse → Lava mapping; stored_weights : dict synapse → weights stored
     processes : int — Lava processes of the run
+    process_labels : list of str — labels of the synapse, relay, delay and attention processes
+        (``"<synapse><-<source>[+<source>…]"`` for a synapse process: one label per process)
     spikes : dict group → total spikes (Lava)
     neurons : dict group → neurons per clip
     host_macs : int — first-layer MACs per clip
@@ -143,6 +145,7 @@ class ReplayResult:
     mapping: dict = field(default_factory=dict)
     stored_weights: dict = field(default_factory=dict)
     processes: int = 0
+    process_labels: list = field(default_factory=list)
 
     @property
     def events_equal(self) -> bool:
@@ -390,4 +393,5 @@ def replay(graph: Graph, x: torch.Tensor, labels=None, *, chunk: int = 4, timeou
                         host_macs=host_macs(graph), flops=dense_flops(graph, net.shapes),
                         seconds=time.perf_counter() - t0 - twin_alone, twin_seconds=twin_seconds,
                         shapes={n: net.shapes[n] for n in groups}, events_hops=ev_hops, mapping=dict(net.mapping),
-                        stored_weights=dict(net.stored_weights), processes=net.process_count)
+                        stored_weights=dict(net.stored_weights), processes=net.process_count,
+                        process_labels=list(net.processes))

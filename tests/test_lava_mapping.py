@@ -165,6 +165,35 @@ def test_shared_and_unrolled_mappings_are_identical_step_by_step():
     assert sum(a.stored_weights.values()) < sum(b.stored_weights.values()) / 5
 
 
+def test_multi_source_synapses_share_one_process_and_floor_their_sum_once():
+    """Plain 8-bit tiny MK-SGN: every multi-source synapse (Q, K, the STC conv and residual
+    read H0 = SA-SGC's two spike groups, plus SG-SA's output) is ONE Lava process fed by all
+    its sources, not one per source. A negative exponent planted on the three-source temporal
+    conv makes it ``Conv`` → relay → floor: Lava must floor the summed input once, as the
+    twin does (per-source floors would differ), and the replay stays bit-exact on every
+    group, step, spike, u and v, with the twin's event count."""
+    from export.frontend import from_model
+    from export.mapping import merged_sources
+    from export.passes import balance_delays
+    from export.pipeline import lower
+    from .export_fixtures import tiny_model
+    g = lower(from_model(tiny_model("mksgn")), real_clips("train", 16), weight_split=())
+    name = "layers.0.stc.tconv"
+    s = g.synapses[name]
+    assert len(s.sources) == 3 and merged_sources(s) and s.weight_exp >= 0
+    g.synapses[name].weight_exp = -2  # now conv+floor: 2 hops, delays re-balanced
+    g = balance_delays(g)
+    assert synapse_mapping(g.synapses[name]) == "conv+floor"
+    res = replay(g, real_clips("test", 1), chunk=1)
+    assert res.bit_exact and res.events_lava == res.events_twin
+    multi = [x for x in g.synapses.values() if merged_sources(x)]
+    assert len(multi) >= 4 * 2  # per layer: q, k, stc.res, stc.tconv
+    for x in multi:  # one synapse process (a relay and a floor after a negative exponent)
+        labels = [k for k in res.process_labels if k.startswith(f"{x.name}<-")]
+        assert labels == [f"{x.name}<-{'+'.join(x.sources)}"], (x.name, labels)
+    assert res.mapping[name] == "conv+floor"
+
+
 @pytest.mark.slow
 def test_planted_fault_in_the_twin_attention_op_is_reported_at_its_first_hop(monkeypatch):
     """One bit of the twin's attention middle product flipped (the first graded population of
