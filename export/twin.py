@@ -41,9 +41,10 @@ class RunResult:
     logits : Tensor ``(N, classes)``
         Float mode: mean over time steps of the readout. Integer mode: the integer sum over
         time steps (float64 holding integers); divide by ``readout scale · T_s`` for float units.
-    spikes, u, v, a_in : dict name → Tensor ``(T_s, B, C, T, V)``
-        Recorded groups only (``record``); ``u``/``v``/``a_in`` in integer mode only
-        (float mode records ``v`` as the float membrane).
+    spikes, u, v : dict name → Tensor ``(T_s, B, C, T, V)``
+        Recorded groups only (``record``); ``u``/``v`` in integer mode only (float mode
+        records ``v`` as the float membrane). The input current ``a_in`` is not recorded (no
+        consumer; it was a quarter of the replay twin's time, in copies).
     spike_counts : dict name → int, total spikes of every group over the batch.
     attention_mid : dict attention synapse → Tensor ``(T_s, B, T, ·, ·)`` — integer mode,
         ``record=True``: the middle product of :func:`attention_op` at every step.
@@ -55,7 +56,6 @@ class RunResult:
     spikes: dict = field(default_factory=dict)
     u: dict = field(default_factory=dict)
     v: dict = field(default_factory=dict)
-    a_in: dict = field(default_factory=dict)
     spike_counts: dict = field(default_factory=dict)
     saturation: dict = field(default_factory=dict)
     currents_absmax: dict = field(default_factory=dict)
@@ -167,7 +167,7 @@ def float32_exact(s: Synapse) -> bool:
 def _merge(parts: list, integer: bool) -> RunResult:
     """One :class:`RunResult` from those of consecutive slices of a batch (``batch_size``)."""
     out = RunResult(logits=torch.cat([p.logits for p in parts]))
-    for key in ("spikes", "u", "v", "a_in", "attention_mid"):  # (T_s, B, ...): batch is axis 1
+    for key in ("spikes", "u", "v", "attention_mid"):  # (T_s, B, ...): batch is axis 1
         for name in getattr(parts[0], key):
             getattr(out, key)[name] = torch.cat([getattr(p, key)[name] for p in parts], dim=1)
     for name in parts[0].spike_counts:
@@ -219,7 +219,7 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
         Preprocessed clips (metres).
     mode : {"float", "int"}
     record : iterable of group names, or True for all
-        Groups whose per-step spikes (and u, v, a_in in integer mode) are returned.
+        Groups whose per-step spikes (and u, v in integer mode) are returned.
     track_currents : bool
         Float mode: record each group's max |input current| (threshold units) for calibration.
     hook : object, optional
@@ -362,7 +362,6 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
                 if integer:
                     result.u.setdefault(name, []).append(u)
                     result.v.setdefault(name, []).append(v)
-                    result.a_in.setdefault(name, []).append(a_in)
                 else:
                     result.v.setdefault(name, []).append(v)
         for s in incoming[LOGITS]:
@@ -378,7 +377,7 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
                 y = _float_post(s, synapse_op(s, xs, _tensor(weights[s.name]), M).to(torch.float64))
             logits = logits + y
     result.logits = logits if integer else logits / steps
-    for d in (result.spikes, result.u, result.v, result.a_in, result.attention_mid):
+    for d in (result.spikes, result.u, result.v, result.attention_mid):
         for k in list(d):
             d[k] = torch.stack(d[k])
     return result

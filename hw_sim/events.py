@@ -115,11 +115,14 @@ def twin_events(graph: Graph, spikes: dict, num_bodies: int) -> dict:
         mask = (np.asarray(s.weight_mant) != 0).astype(np.float64)
         total = 0.0
         floor = synapse_mapping(s) == "conv+floor"
+        # the fan-out count is linear in the input: one op on the spikes summed over time steps
+        # and sources (every source sees the same weights) equals the sum of the per-step ops
+        counts = sum(spikes[u].double().sum(dim=0) for u in s.sources)
+        total += float(synapse_op(s, [counts], mask, num_bodies).sum())
         for u in s.sources:
-            sp = spikes[u].double()
-            for t in range(sp.shape[0]):
-                total += float(synapse_op(s, [sp[t]], mask, num_bodies).sum())
-                if (floor and not merged_sources(s)) or paired(s, u):
+            if (floor and not merged_sources(s)) or paired(s, u):
+                sp = spikes[u].double()
+                for t in range(sp.shape[0]):
                     total += float((synapse_op(s, [sp[t]], s.weight_mant, num_bodies) != 0).sum())
         if floor and merged_sources(s):  # one relay carries the sum of all sources
             for t in range(spikes[s.sources[0]].shape[0]):

@@ -282,13 +282,14 @@ class LavaNetwork:
 
     def read_group(self, name: str, clips: range) -> dict:
         """Spikes, u, v of group ``name`` for finished stream clips: arrays
-        ``(len(clips), T_s, n)``."""
+        ``(len(clips), T_s, n)`` of the probe's dtypes (:data:`hw_sim.processes.PROBE_FILES`:
+        spikes int8, u and v int32)."""
         rows = self._rows(self.graph.groups[name].latency, clips)
         out = {}
         n = int(np.prod(self.shapes[name]))
         for var in PROBE_FILES:
             buf = open_trace(self.probe_dirs[name], var, self.depth, n)
-            out[var] = np.asarray(buf[rows]).reshape(len(clips), self.period, -1).astype(np.int64)
+            out[var] = np.asarray(buf[rows]).reshape(len(clips), self.period, -1)  # int8 / int32
             del buf
         return out
 

@@ -7,6 +7,8 @@ reported with its group, time step, neuron ``(m, c, t, v)`` and both values.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -20,6 +22,7 @@ from mksgn.energy import DEFAULT_45NM, MJ_PER_PJ, EnergyModel, synaptic_ops
 from .errors import SimError
 from .events import dense_flops, lava_events, twin_events
 from .network import LAVA_OFFSET, LavaNetwork, build_network, host_macs, input_coordinates
+from .processes import PROBE_FILES
 
 __all__ = ["Mismatch", "ReplayResult", "replay", "compare_clip"]
 
@@ -229,9 +232,34 @@ class ReplayResult:
         }
 
 
-def _clip_slice(t: torch.Tensor, i: int, per_body: int) -> np.ndarray:
-    """Twin tensor ``(T_s, B, C, T, V)`` → clip ``i`` as ``(T_s, n)``."""
-    return t[:, i * per_body:(i + 1) * per_body].reshape(t.shape[0], -1).numpy().astype(np.int64)
+def _libc_malloc_trim():
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _libc_malloc_trim()
+
+
+def release_free_heap() -> None:
+    """Give the free pages of this process's heap back to the OS (glibc ``malloc_trim(0)``; a
+    no-op without glibc). Called after every chunk of a replay: the host's twin and probe
+    reads allocate many arrays below glibc's (self-raising, up to 32 MB) mmap threshold, so
+    freed memory stayed in the heap — 2.2 GB of the parent's 2.4 GB PSS in a whole-split
+    replay of the width-0.25 MK-SGN. Own code: no library exposes it; a call costs
+    milliseconds."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _clip_slice(t: torch.Tensor, i: int, per_body: int, dtype) -> np.ndarray:
+    """Twin tensor ``(T_s, B, C, T, V)`` → clip ``i`` as ``(T_s, n)`` of ``dtype`` — the dtype
+    of the Lava probe it is compared with (spikes int8, u and v int32: the twin's u and v are
+    24-bit by construction, :func:`export.fixed_point.lif_step_torch`). Wider copies of every
+    clip's records held the parent of a whole-split replay at 4 GB."""
+    return t[:, i * per_body:(i + 1) * per_body].reshape(t.shape[0], -1).numpy().astype(dtype)
 
 
 def replay(graph: Graph, x: torch.Tensor, labels=None, *, chunk: int = 4, timeout_s: float | None = None,
@@ -350,9 +378,8 @@ def replay(graph: Graph, x: torch.Tensor, labels=None, *, chunk: int = 4, timeou
     def twin_chunk(ks):
         res = run_graph(reference or graph, x[ks.start:ks.stop], mode="int", record=True)
         for i, k in enumerate(ks):
-            grp = {n: {"spikes": _clip_slice(res.spikes[n], i, per_body[n]),
-                       "u": _clip_slice(res.u[n], i, per_body[n]),
-                       "v": _clip_slice(res.v[n], i, per_body[n])} for n in groups}
+            grp = {n: {var: _clip_slice(getattr(res, var)[n], i, per_body[n], PROBE_FILES[var]) for var in VARS}
+                   for n in groups}
             clip_sp = {n: res.spikes[n][:, i * per_body[n]:(i + 1) * per_body[n]] for n in groups}
             mid = {m: res.attention_mid[m][:, i * per_body[graph.synapses[m].target]:
                                            (i + 1) * per_body[graph.synapses[m].target]]
@@ -377,6 +404,7 @@ def replay(graph: Graph, x: torch.Tensor, labels=None, *, chunk: int = 4, timeou
             else:
                 net.wait(run, limit(len(ks) * P))
             collect()
+            release_free_heap()
         drain = net.drain_steps
         if drain > 0:
             net.run_steps(drain, limit(drain))
