@@ -191,19 +191,9 @@ def _float_post(s: Synapse, y: torch.Tensor) -> torch.Tensor:
     return y
 
 
-class _WeightTensor:
-    """A synapse's weights (mantissas in integer mode) as a tensor of ``dtype``, made on call."""
-
-    def __init__(self, s: Synapse, integer: bool, dtype):
-        self.s, self.integer, self.dtype = s, integer, dtype
-
-    def __call__(self) -> torch.Tensor:
-        w = self.s.weight_mant if self.integer else self.s.weight
-        return torch.as_tensor(np.asarray(w), dtype=self.dtype)
-
-
-def _tensor(w) -> torch.Tensor:
-    return w() if isinstance(w, _WeightTensor) else w
+def _weight_tensor(s: Synapse, integer: bool, dtype) -> torch.Tensor:
+    """A synapse's weights (mantissas in integer mode) as a tensor of ``dtype``."""
+    return torch.as_tensor(np.asarray(s.weight_mant if integer else s.weight), dtype=dtype)
 
 
 def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
@@ -294,10 +284,15 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
                 f32.add(s.name)
             elif not integer and float_dtype == torch.float32 and s.kind != "attention" and s.sources != (INPUT,):
                 f32.add(s.name)
-            if hook is None:
-                weights[s.name] = _WeightTensor(s, integer, torch.float32 if s.name in f32 else torch.float64)
-                if cache_weights:
-                    weights[s.name] = weights[s.name]()
+            if hook is None and cache_weights:
+                weights[s.name] = _weight_tensor(s, integer, torch.float32 if s.name in f32 else torch.float64)
+
+    def weight(s):  # cached, or made for this use only (cache_weights=False)
+        if hook is not None:
+            return hook.weight(s)
+        if cache_weights:
+            return weights[s.name]
+        return _weight_tensor(s, integer, torch.float32 if s.name in f32 else torch.float64)
     logits = 0
     if hook is not None:
         if not integer:
@@ -319,12 +314,12 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
                         y = fx.shift_exp(y, s.weight_exp)
                         result.attention_mid.setdefault(s.name, []).append(mid)
                     elif integer:
-                        acc = synapse_op(s, xs, _tensor(weights[s.name]) if hook is None else hook.weight(s), M)
+                        acc = synapse_op(s, xs, weight(s), M)
                         y = fx.shift_exp(acc, s.weight_exp)
                         if hook is not None:
                             y = hook.current(s, acc, y)
                     else:
-                        y = _float_post(s, synapse_op(s, xs, _tensor(weights[s.name]), M).to(torch.float64))
+                        y = _float_post(s, synapse_op(s, xs, weight(s), M).to(torch.float64))
                     if s.sources == (INPUT,):
                         const[s.name] = y
                 cur = cur + y
@@ -369,12 +364,12 @@ def run_graph(graph: Graph, x: torch.Tensor, mode: str = "int", record=(),
             if hook is None:
                 xs = [z.to(torch.float32 if s.name in f32 else torch.float64) for z in xs]
             if integer:
-                acc = synapse_op(s, xs, _tensor(weights[s.name]) if hook is None else hook.weight(s), M)
+                acc = synapse_op(s, xs, weight(s), M)
                 y = fx.shift_exp(acc, s.weight_exp) + torch.as_tensor(s.meta["bias_int"], dtype=torch.float64)
                 if hook is not None:
                     y = hook.current(s, acc, y)
             else:
-                y = _float_post(s, synapse_op(s, xs, _tensor(weights[s.name]), M).to(torch.float64))
+                y = _float_post(s, synapse_op(s, xs, weight(s), M).to(torch.float64))
             logits = logits + y
     result.logits = logits if integer else logits / steps
     for d in (result.spikes, result.u, result.v, result.attention_mid):

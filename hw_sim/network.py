@@ -650,7 +650,7 @@ def _build_static(net, graph, s, feeds, mapping, tgt_shape, per_clip, shared, sp
                 view, out = conv_views(s, port, net.shapes[v], tgt_shape)
                 view.connect(conv.s_in)
             conv_out = out(conv.a_out)
-            fos = [shared_fan_out(graph, s, v, per_clip) for v, _, _ in feeds]
+            fos = [shared_fan_out(graph, s, u, per_clip)] * len(feeds)  # sources share the shape
             stored = int(np.count_nonzero(params["weight"]))
         else:  # the same hops with the weights unrolled
             mat = synapse_matrix(graph, s, u, per_clip)
@@ -686,9 +686,10 @@ def _build_static(net, graph, s, feeds, mapping, tgt_shape, per_clip, shared, sp
                        "cannot be split into per-source Lava synapses exactly")
     mat = synapse_matrix(graph, s, u, per_clip)
     conn = sparse(s, u, mat, label, s.weight_exp, graded=graded)
+    fo = fan_out(mat)
     for v, _, port in feeds:
         port.connect(conn.s_in)
-        net.event_terms.append({"synapse": s.name, "hop": "sparse", "trace": ("spikes", v), "fan_out": fan_out(mat)})
+        net.event_terms.append({"synapse": s.name, "hop": "sparse", "trace": ("spikes", v), "fan_out": fo})
     conn.a_out.connect(net.lif[s.target].a_in)
     net.mapping[s.name] = "sparse"
     net.stored_weights[s.name] = net.stored_weights.get(s.name, 0) + int(mat.nnz)
