@@ -38,6 +38,8 @@ left shift (``weight_exp ≥ 0``; checked).
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import multiprocessing
 import os
@@ -76,7 +78,7 @@ from .processes import PROBE_FILES, open_trace
 #: a conv whose worst-case sum could exceed it is unrolled into ``Sparse`` instead.
 CONV_SUM_MAX = 2 ** (fx.CONV_OUT_BITS - 1) - 1
 
-__all__ = ["LavaNetwork", "build_network", "input_coordinates", "host_macs", "READOUT"]
+__all__ = ["LavaNetwork", "build_network", "input_coordinates", "host_macs", "release_free_heap", "READOUT"]
 
 #: Name of the readout integrator population in ``LavaNetwork.lif`` / ``probes``.
 READOUT = "readout"
@@ -122,6 +124,28 @@ def host_macs(graph: Graph) -> int:
     taps; computed once per clip because direct coding repeats the same current)."""
     M = int(graph.input_shape[3])
     return sum(synapse_count(graph, s) * M for s in graph.synapses.values() if s.sources == (INPUT,))
+
+
+def _libc_malloc_trim():
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _libc_malloc_trim()
+
+
+def release_free_heap() -> None:
+    """Give the free pages of this process's heap back to the OS (glibc ``malloc_trim(0)``; a
+    no-op without glibc). Called after every chunk of a replay: the host's twin and probe
+    reads allocate many arrays below glibc's (self-raising, up to 32 MB) mmap threshold, so
+    freed memory stayed in the heap — 2.2 GB of the parent's 2.4 GB PSS in a whole-split
+    replay of the width-0.25 MK-SGN. Own code: no library exposes it; a call costs
+    milliseconds."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 @dataclass
@@ -222,6 +246,7 @@ class LavaNetwork:
             # collector keeps the children's garbage collection from touching (and so
             # copying) every page of the parent's object heap they inherited.
             gc.collect()
+            release_free_heap()
             gc.freeze()
         self.started = True
         box["worker"] = threading.Thread(target=target, daemon=True)
@@ -276,9 +301,13 @@ class LavaNetwork:
 
     def _rows(self, latency: int, clips: range, steps=None) -> np.ndarray:
         steps = range(self.period) if steps is None else steps
-        return np.array([(k * self.period + t + latency + LAVA_OFFSET - 1) % self.depth
-                         for k in clips for t in steps],
+        taus = np.array([k * self.period + t + latency + LAVA_OFFSET for k in clips for t in steps],
                         dtype=np.int64)
+        if len(taus) and (taus.max() > self.steps_run or taus.min() <= self.steps_run - self.depth):
+            raise SimError(f"probe rows of Lava steps {int(taus.min())}..{int(taus.max())} are not in the "
+                           f"ring after step {self.steps_run} (depth {self.depth}): read every chunk, "
+                           "and run at most chunk × T_s steps between reads")
+        return (taus - 1) % self.depth
 
     def read_group(self, name: str, clips: range) -> dict:
         """Spikes, u, v of group ``name`` for finished stream clips: arrays
@@ -427,8 +456,11 @@ def build_network(graph: Graph, coords: np.ndarray, chunk: int = 4, shared: bool
                        "re-export the checkpoint with mksgn-export")
     P = int(graph.time_steps)
     L = int(graph.meta["readout_latency"])
-    slots = chunk + -(-L // P) + 2
-    net = LavaNetwork(graph=graph, period=P, chunk=chunk, depth=slots * P,
+    # A group's rows are read as soon as its clips finish (after every run of ≤ chunk·T_s
+    # steps), so at most chunk·T_s + T_s − 1 rows are ever unread, whatever the group's
+    # latency: the ring needs chunk + 1 clip slots (it had chunk + ⌈L / T_s⌉ + 2, 23 instead
+    # of 9 slots for the width-0.25 MK-SGN at chunk 8: 0.5 GB more of probe files).
+    net = LavaNetwork(graph=graph, period=P, chunk=chunk, depth=(chunk + 1) * P,
                       trace_dir=tempfile.mkdtemp(prefix="mksgn-sim-"))
     per_clip = per_clip_groups(graph)
 

@@ -7,13 +7,12 @@ reported with its group, time step, neuron ``(m, c, t, v)`` and both values.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from export.ir import INPUT, Graph
 from export.twin import run_graph
@@ -21,12 +20,17 @@ from mksgn.energy import DEFAULT_45NM, MJ_PER_PJ, EnergyModel, synaptic_ops
 
 from .errors import SimError
 from .events import dense_flops, lava_events, twin_events
-from .network import LAVA_OFFSET, LavaNetwork, build_network, host_macs, input_coordinates
+from .network import LAVA_OFFSET, LavaNetwork, build_network, host_macs, input_coordinates, release_free_heap
 from .processes import PROBE_FILES
 
 __all__ = ["Mismatch", "ReplayResult", "replay", "compare_clip"]
 
 VARS = ("u", "v", "spikes")  # causal order within a step: current, then voltage, then spike
+
+#: Clips per twin call inside a chunk. The twin's records of every group, step and variable
+#: are held at full width until each clip is cut to the probes' dtypes: 8 clips of the
+#: width-0.25 MK-SGN at once held the host at 2.2 GB during a whole-split replay.
+TWIN_BATCH = 2
 
 
 @dataclass
@@ -232,28 +236,6 @@ class ReplayResult:
         }
 
 
-def _libc_malloc_trim():
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-_MALLOC_TRIM = _libc_malloc_trim()
-
-
-def release_free_heap() -> None:
-    """Give the free pages of this process's heap back to the OS (glibc ``malloc_trim(0)``; a
-    no-op without glibc). Called after every chunk of a replay: the host's twin and probe
-    reads allocate many arrays below glibc's (self-raising, up to 32 MB) mmap threshold, so
-    freed memory stayed in the heap — 2.2 GB of the parent's 2.4 GB PSS in a whole-split
-    replay of the width-0.25 MK-SGN. Own code: no library exposes it; a call costs
-    milliseconds."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
-
-
 def _clip_slice(t: torch.Tensor, i: int, per_body: int, dtype) -> np.ndarray:
     """Twin tensor ``(T_s, B, C, T, V)`` → clip ``i`` as ``(T_s, n)`` of ``dtype`` — the dtype
     of the Lava probe it is compared with (spikes int8, u and v int32: the twin's u and v are
@@ -376,6 +358,10 @@ def replay(graph: Graph, x: torch.Tensor, labels=None, *, chunk: int = 4, timeou
                 finalize(k)
 
     def twin_chunk(ks):
+        for b0 in range(ks.start, ks.stop, TWIN_BATCH):
+            twin_batch(range(b0, min(ks.stop, b0 + TWIN_BATCH)))
+
+    def twin_batch(ks):
         res = run_graph(reference or graph, x[ks.start:ks.stop], mode="int", record=True)
         for i, k in enumerate(ks):
             grp = {n: {var: _clip_slice(getattr(res, var)[n], i, per_body[n], PROBE_FILES[var]) for var in VARS}
@@ -387,30 +373,46 @@ def replay(graph: Graph, x: torch.Tensor, labels=None, *, chunk: int = 4, timeou
             twin_cache[k] = {"groups": grp, "logits": res.logits[i].numpy().astype(np.int64), "mid": mid,
                              "events": twin_events(reference or graph, clip_sp, M)}
 
+    threads = torch.get_num_threads()
+    # One thread per OS process: the Lava children (forked, so they inherit the limit) and the
+    # twin beside them share the cores, and idle OpenBLAS / OpenMP workers spin, stealing the
+    # cores from the Lava processes (24 NW-UCLA clips of the width-0.25 MK-SGN on 2 cores:
+    # 84 s and 7 M involuntary context switches with the default pools, 60 s and 0.18 M with
+    # one thread). threadpoolctl sets the native pools; torch's own pool is set directly.
+    blas = threadpool_limits(limits=1)
+    torch.set_num_threads(1)
     try:
         for c0 in range(0, N, chunk):
             ks = range(c0, min(N, c0 + chunk))
             # Lava runs this chunk in its worker thread while the host runs the twin on it;
             # the first chunk compiles and forks the Lava processes, so it runs alone
-            run = net.start_steps(len(ks) * P) if net.started else None
+            if not net.started:
+                # the first chunk compiles and forks the Lava processes: it runs before its
+                # twin, so the children do not inherit (and copy on write) the twin's records
+                net.run_steps(len(ks) * P, limit(len(ks) * P))
+                run = False
+            else:
+                run = net.start_steps(len(ks) * P)
             if compare:
                 ts = time.perf_counter()
                 twin_chunk(ks)
                 twin_seconds += time.perf_counter() - ts
-                if run is None:  # the host waited for the twin: not Lava time
+                if run is False:  # Lava had finished: the host ran the twin alone
                     twin_alone += time.perf_counter() - ts
-            if run is None:
-                net.run_steps(len(ks) * P, limit(len(ks) * P))
-            else:
+            if run is not False:
                 net.wait(run, limit(len(ks) * P))
             collect()
             release_free_heap()
         drain = net.drain_steps
-        if drain > 0:
-            net.run_steps(drain, limit(drain))
+        while drain > 0:  # in pieces of at most one chunk: the probe ring holds no more
+            piece = min(drain, chunk * P)
+            net.run_steps(piece, limit(piece))
             collect()
+            drain -= piece
     finally:
         net.stop()
+        torch.set_num_threads(threads)
+        blas.restore_original_limits()
     if finished != N:
         raise SimError(f"only {finished} of {N} clips came back from Lava; the pipeline alignment is broken")
     lab = None if labels is None else np.asarray(labels, dtype=np.int64)

@@ -19,7 +19,7 @@ from export.ir import LOGITS
 from export.resources import synapse_count
 from hw_sim.connectivity import fan_out, static_connections, synapse_matrix
 from hw_sim.errors import SimError
-from hw_sim.network import build_network, input_coordinates
+from hw_sim.network import LAVA_OFFSET, LavaNetwork, build_network, input_coordinates
 from hw_sim.replay import replay
 from hw_sim.simulate import simulate
 
@@ -85,6 +85,24 @@ def test_mksgn_sim_bit_exact_on_real_clips(export_dir, tmp_path):
     assert total == pytest.approx(e["e_mac_pj"] * rep["host_macs_per_clip"] + e["e_ac_pj"] * rep["synaptic_events_per_clip"])
     assert rep["energy_mj_measured_per_clip"] == pytest.approx(total * 1e-9)
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["energy_per_layer.png", "firing_rates.png"]
+
+
+def test_probe_ring_refuses_rows_already_overwritten_or_not_yet_run():
+    """The probe ring holds the last ``depth`` Lava steps (chunk + 1 clips): a read of a
+    clip whose rows were overwritten, or that has not run yet, is an error instead of
+    silently returning another step's values."""
+    net = LavaNetwork(graph=None, period=4, chunk=2, depth=12)
+    net.steps_run = 40
+    latency = 3
+    first_kept = (net.steps_run - net.depth + 1 - latency - LAVA_OFFSET + 3) // 4  # first whole clip in the ring
+    rows = net._rows(latency, range(first_kept, first_kept + 2))
+    taus = [k * 4 + t + latency + LAVA_OFFSET for k in range(first_kept, first_kept + 2) for t in range(4)]
+    assert rows.tolist() == [(tau - 1) % 12 for tau in taus]
+    assert min(taus) > net.steps_run - net.depth and max(taus) <= net.steps_run
+    with pytest.raises(SimError, match="not in the ring"):
+        net._rows(latency, range(first_kept - 1, first_kept))  # overwritten
+    with pytest.raises(SimError, match="not in the ring"):
+        net._rows(latency, range(first_kept + 2, first_kept + 3))  # not run yet
 
 
 @pytest.mark.slow
