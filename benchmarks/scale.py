@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import sys
 import tempfile
 import threading
@@ -100,9 +101,9 @@ class PeakPss:
     """Samples :func:`tree_pss_mb` every ``interval`` s in a thread; ``peak_mb``, ``peak_procs``.
 
     ``limit_mb``: when the tree's PSS passes it (or the machine has under 1.5 GB available),
-    every descendant process is killed (the Lava
-    run then fails with a ``SimError``) and ``over_limit`` is set — so a run that would
-    exhaust the machine stops first."""
+    every descendant process is killed, ``over_limit`` is set and this process gets a SIGINT
+    (the replay, waiting on the dead runtime, ends with ``KeyboardInterrupt`` and stops it)
+    — so a run that would exhaust the machine stops first."""
 
     def __init__(self, interval: float = 1.0, limit_mb: float | None = None):
         self.interval, self.peak_mb, self.peak_procs = interval, 0.0, 0
@@ -116,7 +117,6 @@ class PeakPss:
             self.peak_mb, self.peak_procs = max(self.peak_mb, mb), max(self.peak_procs, n)
             if self.limit_mb and (mb > self.limit_mb or available_mb() < 1500) and not self.over_limit:
                 self.over_limit = True
-                import signal
                 par = _children()
                 for p, pp in par.items():
                     if pp == os.getpid():
@@ -124,6 +124,9 @@ class PeakPss:
                             os.kill(p, signal.SIGKILL)
                         except OSError:
                             pass
+                # the replay would wait on the dead runtime until its timeout: interrupt it
+                # (a real SIGINT ends the main thread's wait; replay then stops the runtime)
+                os.kill(os.getpid(), signal.SIGINT)
             self._stop.wait(self.interval)
 
     def __enter__(self):
@@ -165,7 +168,7 @@ def measure(ckpt: Path, clips, workdir: Path, label: str, weight_split=None, cal
     with PeakPss(1.0, limit_mb=LIMIT_MB) as mem:
         try:
             r = replay(graph, x, labels, chunk=chunk, timeout_s=3600)
-        except Exception as exc:  # noqa: BLE001 - reported as a row
+        except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - reported as a row
             if not mem.over_limit:
                 raise
             return {"label": label, "stopped": f"peak PSS over {LIMIT_MB:.0f} MB: {type(exc).__name__}",
