@@ -139,7 +139,8 @@ _MALLOC_TRIM = _libc_malloc_trim()
 
 def release_free_heap() -> None:
     """Give the free pages of this process's heap back to the OS (glibc ``malloc_trim(0)``; a
-    no-op without glibc). Called after every chunk of a replay: the host's twin and probe
+    no-op without glibc). Called before Lava forks its processes (so they do not inherit
+    free pages) and after every chunk of a replay: the host's twin and probe
     reads allocate many arrays below glibc's (self-raising, up to 32 MB) mmap threshold, so
     freed memory stayed in the heap — 2.2 GB of the parent's 2.4 GB PSS in a whole-split
     replay of the width-0.25 MK-SGN. Own code: no library exposes it; a call costs
