@@ -46,7 +46,7 @@ from .models import ModelConfig, build_model
 from .models.smf import FUSION_RULES
 from .preprocess import MODALITIES
 
-__all__ = ["TrainConfig", "load_config", "train", "MineTrainer", "MINE_OPTIMIZERS"]
+__all__ = ["TrainConfig", "load_config", "train", "MineTrainer", "MINE_OPTIMIZERS", "mutual_kl"]
 
 MINE_OPTIMIZERS = ("adam", "sgd")
 #: ``train.amp`` → autocast dtype (None: float32 throughout).
@@ -182,6 +182,13 @@ class TrainConfig:
         mode: batch statistics, dropout) is trained alongside the integer twin so it does not
         drift from it (0: integer loss alone, the first QAT run, whose float top-1 fell 8 points;
         our rule, measured in docs/results.md). Costs one float forward per step.
+    qat_agree_weight : float ≥ 0
+        Weight λ of a mutual-distillation term added to the QAT loss,
+        ``λ · ½ [KL(sg(p_float) ‖ p_int) + KL(sg(p_int) ‖ p_float)]`` with ``p`` the softmax of
+        each network's logits and ``sg`` stop-gradient (deep mutual learning, Zhang et al.,
+        CVPR 2018, eq. 1–2): it pulls the integer and float networks towards the *same*
+        predictions, the float–integer gap that issue 14 bounds, instead of only towards the
+        labels. 0 (default) leaves the loss as before. Needs ``qat``.
     """
 
     epochs: int = 64
@@ -225,6 +232,7 @@ class TrainConfig:
     qat_calib_every: int = 1
     qat_calib_clips: int = 64
     qat_float_weight: float = 0.0
+    qat_agree_weight: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -253,6 +261,11 @@ class TrainConfig:
             raise ConfigError(f"train.qat must be true or false (got {cfg.qat!r})")
         if not num(cfg.qat_float_weight) or not 0 <= cfg.qat_float_weight <= 1:
             raise ConfigError(f"train.qat_float_weight must be a number in [0, 1] (got {cfg.qat_float_weight!r})")
+        if not num(cfg.qat_agree_weight) or cfg.qat_agree_weight < 0:
+            raise ConfigError(f"train.qat_agree_weight must be a number >= 0 (got {cfg.qat_agree_weight!r})")
+        if cfg.qat_agree_weight > 0 and not cfg.qat:
+            raise ConfigError("train.qat_agree_weight needs train.qat: true (it ties the integer twin's predictions "
+                              "to the float network's)")
         if cfg.mine_optimizer not in MINE_OPTIMIZERS:
             raise ConfigError(f"train.mine_optimizer must be one of {list(MINE_OPTIMIZERS)} "
                               f"(got {cfg.mine_optimizer!r})")
@@ -928,8 +941,13 @@ def _step(run: _Run, epoch: int, i: int, lr: float, x, y):
             logits = net(x_in, **forward) if run.forward is None else run.forward(model, x_in)
             loss = F.cross_entropy(logits, y)
             alpha = run.tcfg.qat_float_weight if run.forward is not None else 0.0
-            if alpha > 0:  # QAT: keep the float network next to the integer one (train.qat_float_weight)
-                loss = alpha * F.cross_entropy(net(x_in), y) + (1 - alpha) * loss
+            agree = run.tcfg.qat_agree_weight if run.forward is not None else 0.0
+            if alpha > 0 or agree > 0:  # QAT: the float network beside the integer one
+                float_logits = net(x_in)
+                if alpha > 0:  # train.qat_float_weight
+                    loss = alpha * F.cross_entropy(float_logits, y) + (1 - alpha) * loss
+                if agree > 0:  # train.qat_agree_weight
+                    loss = loss + agree * mutual_kl(logits, float_logits)
     if not torch.isfinite(loss):
         raise ConfigError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); lower train.lr")
     run.opt.zero_grad(set_to_none=True)
@@ -949,6 +967,17 @@ def _step(run: _Run, epoch: int, i: int, lr: float, x, y):
     if estimate:
         mine.step()
     return loss, logits, y
+
+
+def mutual_kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Symmetric mutual-distillation loss of two networks' logits ``a``, ``b`` ``(N, classes)``:
+    ``½ [KL(sg(softmax a) ‖ softmax b) + KL(sg(softmax b) ‖ softmax a)]``, batch mean, nats
+    (deep mutual learning, Zhang et al., CVPR 2018, eq. 1–2; ``sg`` = stop-gradient, so each
+    network is pulled towards the other's current prediction). 0 when the logits agree up to a
+    per-clip constant; ``train.qat_agree_weight``."""
+    la, lb = F.log_softmax(a, dim=1), F.log_softmax(b, dim=1)
+    return 0.5 * (F.kl_div(lb, la.detach(), reduction="batchmean", log_target=True)
+                  + F.kl_div(la, lb.detach(), reduction="batchmean", log_target=True))
 
 
 def _autocast(run: _Run):

@@ -173,3 +173,28 @@ def test_a_qat_export_is_the_grid_training_evaluated_on(tmp_path, small_ucla):
     assert torch.equal(twin, held)
     qr, _ = export_graph(tmp_path / "moved.pt", small_ucla, calib_clips=8, progress=False, recalibrate=True)
     assert qr.meta["qat_grid_mismatches"], "a 1.7x weight change should move at least one scale"
+
+
+def test_mutual_kl_is_zero_only_when_the_networks_agree_and_pulls_both():
+    """``train.qat_agree_weight``'s term: 0 for logits equal up to a per-clip constant, > 0
+    otherwise, and its gradient moves *each* network towards the other's prediction."""
+    from mksgn.train import mutual_kl
+
+    a = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    assert mutual_kl(a, a + torch.tensor([[1.5], [-2.0]])).abs().item() < 1e-6
+    a = a.clone().requires_grad_()
+    b = torch.tensor([[0.0, 2.0, -1.0], [0.5, 0.5, 3.0]], requires_grad=True)
+    loss = mutual_kl(a, b)
+    assert loss.item() > 0.1
+    loss.backward()
+    assert a.grad[0, 1] < 0 < a.grad[0, 0] and b.grad[0, 0] < 0 < b.grad[0, 1]  # each towards the other
+    assert a.grad[1].abs().max() < 1e-7 and b.grad[1].abs().max() < 1e-7  # the agreeing clip: no pull
+
+
+@pytest.mark.parametrize("train_cfg, msg", [({"qat_agree_weight": -1.0, "qat": True}, "must be a number >= 0"),
+                                            ({"qat_agree_weight": 1.0, "qat": False}, "needs train.qat")])
+def test_bad_agreement_weight_is_refused(train_cfg, msg):
+    from mksgn.train import TrainConfig
+
+    with pytest.raises(ConfigError, match=msg):
+        TrainConfig.from_dict(train_cfg)
