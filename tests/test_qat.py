@@ -192,9 +192,35 @@ def test_mutual_kl_is_zero_only_when_the_networks_agree_and_pulls_both():
 
 
 @pytest.mark.parametrize("train_cfg, msg", [({"qat_agree_weight": -1.0, "qat": True}, "must be a number >= 0"),
-                                            ({"qat_agree_weight": 1.0, "qat": False}, "needs train.qat")])
+                                            ({"qat_agree_weight": 1.0, "qat": False}, "needs train.qat"),
+                                            ({"qat_agree_mode": "test", "qat": True}, "qat_agree_mode must be one of")])
 def test_bad_agreement_weight_is_refused(train_cfg, msg):
     from mksgn.train import TrainConfig
 
     with pytest.raises(ConfigError, match=msg):
         TrainConfig.from_dict(train_cfg)
+
+
+def test_eval_mode_agreement_sees_the_exported_float_network_and_moves_no_statistic():
+    """``train.qat_agree_mode: "eval"`` compares the twin with the float network as evaluation
+    and the export see it (BN on running statistics, no dropout), with gradients, and leaves the
+    model in train mode with its running statistics untouched. A train-mode forward (batch
+    statistics, dropout) would give other logits and move the statistics."""
+    import torch
+
+    from mksgn.train import eval_mode_logits
+
+    model = tiny_model("mksgn")
+    model.train()
+    x = real_clips("test", 3)
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    got = eval_mode_logits(model, x)
+    assert got.requires_grad and model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in stats.items())
+    model.eval()
+    with torch.no_grad():
+        want = model(x)
+    assert torch.equal(got.detach(), want)
+    model.train()
+    with torch.no_grad():
+        assert not torch.equal(model(x), want)  # the train-mode forward is another function
