@@ -75,7 +75,8 @@ def test_a_dangling_init_path_is_reported(tmp_path):
     assert any("runs/lost/model.pt is neither" in b for b in bad)
 
 
-@pytest.mark.parametrize("name, model", [("mksgn/ucla_joint_3_noise_restart", "mksgn_ucla_joint"),
+@pytest.mark.parametrize("name, model", [("mksgn/ucla_joint_3_noise_restart", "mksgn_ucla_joint_float"),
+                                         ("mksgn/ucla_joint_13_qat_agree_eval16", "mksgn_ucla_joint"),
                                          ("base_sgn/ucla_joint", "base_sgn_ucla_joint"),
                                          ("mksgn/ucla_4modal_paper", "mksgn_ucla_4modal_kd_interim"),
                                          ("ctrgcn/ucla_teacher", "ctrgcn_ucla_joint"),
