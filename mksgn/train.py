@@ -955,13 +955,13 @@ def _step(run: _Run, epoch: int, i: int, lr: float, x, y):
             loss = F.cross_entropy(logits, y)
             alpha = run.tcfg.qat_float_weight if run.forward is not None else 0.0
             agree = run.tcfg.qat_agree_weight if run.forward is not None else 0.0
-            eval_agree = agree > 0 and run.tcfg.qat_agree_mode == "eval"
-            if alpha > 0 or (agree > 0 and not eval_agree):  # QAT: the float network beside the integer one
+            train_agree = agree > 0 and run.tcfg.qat_agree_mode == "train"
+            if alpha > 0 or train_agree:  # QAT: the train-mode float network beside the integer one
                 float_logits = net(x_in)
                 if alpha > 0:  # train.qat_float_weight
                     loss = alpha * F.cross_entropy(float_logits, y) + (1 - alpha) * loss
-            if agree > 0:  # train.qat_agree_weight
-                other = eval_mode_logits(model, x_in) if eval_agree else float_logits
+            if agree > 0:  # train.qat_agree_weight, against train.qat_agree_mode's float forward
+                other = float_logits if train_agree else eval_mode_logits(model, x_in)
                 loss = loss + agree * mutual_kl(logits, other)
     if not torch.isfinite(loss):
         raise ConfigError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); lower train.lr")

@@ -27,7 +27,7 @@ def test_shipped_checkpoint_reproduces_card(name, ucla_dir):
 @pytest.mark.slow
 def test_quantised_mksgn_within_half_a_point(ucla_dir, tmp_path):
     """Issue bar (3, 14): the Loihi fixed-point MK-SGN (default export → integer twin) loses at
-    most 0.5 points of top-1 on the 464 NW-UCLA test clips (≈ 3 min on 2 cores). The shipped
+    most 0.5 points of top-1 on the 464 NW-UCLA test clips (42 s on 2 cores). The shipped
     model is QAT-trained, so the default export is plain 8-bit on its recorded grid: 82.76 %
     integer vs 82.76 % float (the float-trained predecessor ``mksgn_ucla_joint_float.pt``:
     79.31 % plain, 82.97 % with the weight split)."""
