@@ -87,8 +87,15 @@ def _attention(graph: Graph, s) -> dict:
 
 
 def resources(graph: Graph) -> dict:
-    """Per-group and per-synapse resources and the chip estimate (see module docstring)."""
+    """Per-group and per-synapse resources and the chip estimate (see module docstring).
+
+    ``attention`` splits the estimate: ``neurons`` of the SG-SA product and middle populations
+    (one body), the ``cores`` they add to their groups (a block may fill its group's last core, so
+    this can be up to one per block below ``min_cores``), ``min_cores`` = ⌈neurons / 8,192⌉ (the
+    attention populations alone) and ``cores_without_attention``.
+    """
     rows, total_cores, notes = [], 0, []
+    base_cores, att_neurons = 0, 0
     fan_out = {n: 0 for n in graph.groups}
     syn_rows = []
     M = int(graph.input_shape[3])
@@ -110,6 +117,11 @@ def resources(graph: Graph) -> dict:
         syn += sum(a["synapses"] for a in att) // M
         cores = max(math.ceil((g.size + extra_n) / NEURONS_PER_CORE), math.ceil(syn / SYNAPSES_PER_CORE), 1)
         total_cores += cores
+        # the same group without its SG-SA block: what the attention's populations add
+        syn_plain = sum(synapse_count(graph, s) * max(1, len([u for u in s.sources if u != INPUT])) for s in ins
+                        if s.kind != "attention")
+        base_cores += max(math.ceil(g.size / NEURONS_PER_CORE), math.ceil(syn_plain / SYNAPSES_PER_CORE), 1)
+        att_neurons += extra_n
         rows.append({"name": name, "neurons": g.size + extra_n, "synapses_in": syn,
                      "fan_in": syn / g.size, "fan_out": fan_out[name] / g.size,
                      "weight_bits": 8, "cores": cores, "latency": g.latency,
@@ -125,7 +137,11 @@ def resources(graph: Graph) -> dict:
             "total_synapses": sum(r["synapses_in"] for r in rows) + readout,
             "unrolled_synapses_per_clip": sum(r["unrolled_synapses"] for r in syn_rows),
             "stored_weights": sum(r["stored_weights"] for r in syn_rows),
-            "total_cores": total_cores, "fits_one_chip": total_cores <= CORES_PER_CHIP, "notes": notes}
+            "total_cores": total_cores, "fits_one_chip": total_cores <= CORES_PER_CHIP,
+            "attention": {"neurons": att_neurons, "cores": total_cores - base_cores,
+                          "min_cores": math.ceil(att_neurons / NEURONS_PER_CORE),
+                          "cores_without_attention": base_cores},
+            "notes": notes}
 
 
 def format_resources(res: dict) -> str:
@@ -139,5 +155,10 @@ def format_resources(res: dict) -> str:
     lines.append(f"total: {res['total_neurons']:,} neurons, {res['total_synapses']:,} synapses, "
                  f"{res['total_cores']} cores — {'fits' if res['fits_one_chip'] else 'does NOT fit'} one "
                  f"Loihi 2 chip ({res['limits']['cores_per_chip']} cores)")
+    att = res.get("attention")
+    if att and att["neurons"]:
+        lines.append(f"of which SG-SA attention (stock product/middle populations): {att['neurons']:,} neurons, "
+                     f"{att['cores']} cores ({att['min_cores']} on their own at {res['limits']['neurons_per_core']:,} "
+                     f"neurons per core); without them {att['cores_without_attention']} cores")
     lines += [f"note: {n}" for n in res["notes"]]
     return "\n".join(lines)

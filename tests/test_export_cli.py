@@ -10,6 +10,8 @@ import torch
 from export.errors import ExportError
 from export.evaluate import evaluate_export
 from export.exporter import run_export, verify_export_dir
+from export.mapping import attention_resources
+from export.resources import NEURONS_PER_CORE, format_resources, resources
 
 from .conftest import UCLA
 from .export_fixtures import tiny_checkpoint
@@ -142,3 +144,24 @@ def test_unknown_target(ckpts, tmp_path):
     r = cli(ckpts["base_sgn"], "--target", "tflite", "-o", tmp_path / "o")
     assert r.returncode == 2 and "Invalid value for '--target'" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_resources_split_attention_from_the_rest(ckpts, tmp_path):
+    """The attention's share of the core estimate is what its product/middle populations add:
+    zero for Base-SGN* (no SG-SA), for MK-SGN the neurons of export.mapping's rule per block."""
+    for arch in ("base_sgn", "mksgn"):
+        r = run_export(ckpts[arch], "lava", tmp_path / arch, UCLA, calib_clips=8, progress=False)
+        res = resources(r.graph)
+        att = res["attention"]
+        M = int(r.graph.input_shape[3])
+        blocks = [s for s in r.graph.synapses.values() if s.kind == "attention"]
+        want = sum(attention_resources(s.meta.get("attention_order") or "qk",
+                                       *(int(x) for x in (r.graph.groups[s.sources[0]].shape[0],
+                                                          r.graph.groups[s.sources[0]].shape[2],
+                                                          r.graph.groups[s.sources[0]].shape[1])), M)["neurons"]
+                   for s in blocks) // M
+        assert att["neurons"] == want and (want > 0) == (arch == "mksgn")
+        assert att["cores"] + att["cores_without_attention"] == res["total_cores"]
+        # a block may share its last core with its group's own neurons: ceil(a + b) - ceil(b) >= ceil(a) - 1
+        assert att["cores"] >= att["min_cores"] - len(blocks) and att["min_cores"] == -(-want // NEURONS_PER_CORE)
+        assert ("of which SG-SA attention" in format_resources(res)) == (arch == "mksgn")
