@@ -110,16 +110,14 @@ def resources(graph: Graph) -> dict:
                          "unrolled_synapses": int(unrolled), "stored_weights": int(stored_weights(graph, s))})
     for name, g in graph.groups.items():
         ins = graph.incoming(name)
-        syn = sum(synapse_count(graph, s) * max(1, len([u for u in s.sources if u != INPUT])) for s in ins
-                  if s.kind != "attention")
-        att = [_attention(graph, s) for s in ins if s.kind == "attention"]
-        extra_n = sum(a["neurons"] for a in att) // M  # per body, like g.size
-        syn += sum(a["synapses"] for a in att) // M
-        cores = max(math.ceil((g.size + extra_n) / NEURONS_PER_CORE), math.ceil(syn / SYNAPSES_PER_CORE), 1)
-        total_cores += cores
-        # the same group without its SG-SA block: what the attention's populations add
         syn_plain = sum(synapse_count(graph, s) * max(1, len([u for u in s.sources if u != INPUT])) for s in ins
                         if s.kind != "attention")
+        att = [_attention(graph, s) for s in ins if s.kind == "attention"]
+        extra_n = sum(a["neurons"] for a in att) // M  # per body, like g.size
+        syn = syn_plain + sum(a["synapses"] for a in att) // M
+        cores = max(math.ceil((g.size + extra_n) / NEURONS_PER_CORE), math.ceil(syn / SYNAPSES_PER_CORE), 1)
+        total_cores += cores
+        # the same group without its SG-SA block: the difference is what the attention adds
         base_cores += max(math.ceil(g.size / NEURONS_PER_CORE), math.ceil(syn_plain / SYNAPSES_PER_CORE), 1)
         att_neurons += extra_n
         rows.append({"name": name, "neurons": g.size + extra_n, "synapses_in": syn,
