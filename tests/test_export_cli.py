@@ -155,11 +155,10 @@ def test_resources_split_attention_from_the_rest(ckpts, tmp_path):
         att = res["attention"]
         M = int(r.graph.input_shape[3])
         blocks = [s for s in r.graph.synapses.values() if s.kind == "attention"]
-        want = sum(attention_resources(s.meta.get("attention_order") or "qk",
-                                       *(int(x) for x in (r.graph.groups[s.sources[0]].shape[0],
-                                                          r.graph.groups[s.sources[0]].shape[2],
-                                                          r.graph.groups[s.sources[0]].shape[1])), M)["neurons"]
-                   for s in blocks) // M
+        want = 0
+        for s in blocks:
+            C, T, V = (int(x) for x in r.graph.groups[s.sources[0]].shape)
+            want += attention_resources(s.meta.get("attention_order") or "qk", C, V, T, M)["neurons"] // M
         assert att["neurons"] == want and (want > 0) == (arch == "mksgn")
         assert att["cores"] + att["cores_without_attention"] == res["total_cores"]
         # a block may share its last core with its group's own neurons: ceil(a + b) - ceil(b) >= ceil(a) - 1
