@@ -91,7 +91,7 @@ def test_shipped_teacher_reproduces_card(ucla_dir):
                                              ("mksgn_ucla_4modal_kd_share_interim", "share", "below issue 16's bar")])
 def test_interim_four_modality_student_is_frozen_smf_and_labelled_below_the_bar(name, rule, bar):
     """The interim four-modality + KD students carry frozen fusion weights of their rule (eq.
-    22-23 as printed: in [0, 1] with the least-dependent modality at 0; "share": eq. 22's
+    22-23 as printed: in [0, 1], the least-dependent modality's running average near 0; "share": eq. 22's
     shares, all > 0, summing to 1) and no estimator, teacher or FTM parameters, record their
     four teachers, and their cards say they are below the bar (so nobody mistakes one for
     ``mksgn_ucla_4modal_kd.pt``)."""
@@ -106,6 +106,8 @@ def test_interim_four_modality_student_is_frozen_smf_and_labelled_below_the_bar(
     assert checkpoint_fusion_rule(raw) == rule
     if rule == "share":
         assert float(w.min()) > 0.01 and abs(float(w.sum()) - 1) < 1e-3  # a running average of shares
+    else:
+        assert float(w.min()) < 0.01  # eq. 23 maps the smallest row sum to 0 at every batch
     assert sorted(t["modality"] for t in raw["metrics"]["teachers"]) == \
         ["bone", "bone_motion", "joint", "joint_motion"]
     card = (MODELS / f"{name}.md").read_text()
