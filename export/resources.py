@@ -80,6 +80,11 @@ def stored_weights(graph: Graph, s) -> int:
     return per_body * copies
 
 
+def _source_copies(s) -> int:
+    """Copies of a synapse's weights on the chip: one per non-input source (at least one)."""
+    return max(1, len([u for u in s.sources if u != INPUT]))
+
+
 def _attention(graph: Graph, s) -> dict:
     C, T, V = graph.groups[s.sources[0]].shape
     order = s.meta.get("attention_order") or "qk"
@@ -105,13 +110,12 @@ def resources(graph: Graph) -> dict:
                 fan_out[u] += synapse_count(graph, s)
         unrolled = (_attention(graph, s)["synapses"] if s.kind == "attention"
                     else synapse_count(graph, s) * (1 if s.kind in ("readout", "pool") else M)
-                    * max(1, len([u for u in s.sources if u != INPUT])))
+                    * _source_copies(s))
         syn_rows.append({"name": s.name, "kind": s.kind, "mapping": synapse_mapping(s),
                          "unrolled_synapses": int(unrolled), "stored_weights": int(stored_weights(graph, s))})
     for name, g in graph.groups.items():
         ins = graph.incoming(name)
-        syn_plain = sum(synapse_count(graph, s) * max(1, len([u for u in s.sources if u != INPUT])) for s in ins
-                        if s.kind != "attention")
+        syn_plain = sum(synapse_count(graph, s) * _source_copies(s) for s in ins if s.kind != "attention")
         att = [_attention(graph, s) for s in ins if s.kind == "attention"]
         extra_n = sum(a["neurons"] for a in att) // M  # per body, like g.size
         syn = syn_plain + sum(a["synapses"] for a in att) // M
@@ -153,8 +157,8 @@ def format_resources(res: dict) -> str:
     lines.append(f"total: {res['total_neurons']:,} neurons, {res['total_synapses']:,} synapses, "
                  f"{res['total_cores']} cores — {'fits' if res['fits_one_chip'] else 'does NOT fit'} one "
                  f"Loihi 2 chip ({res['limits']['cores_per_chip']} cores)")
-    att = res.get("attention")
-    if att and att["neurons"]:
+    att = res["attention"]
+    if att["neurons"]:
         lines.append(f"of which SG-SA attention (stock product/middle populations): {att['neurons']:,} neurons, "
                      f"{att['cores']} cores ({att['min_cores']} on their own at {res['limits']['neurons_per_core']:,} "
                      f"neurons per core); without them {att['cores_without_attention']} cores")

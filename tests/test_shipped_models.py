@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from mksgn.checkpoint import checkpoint_fusion_rule
 from mksgn.evaluate import evaluate
 from mksgn.model_card import read_card_top1
 
@@ -97,7 +98,6 @@ def test_interim_four_modality_student_is_frozen_smf_and_labelled_below_the_bar(
     ``mksgn_ucla_4modal_kd.pt``)."""
     import torch
 
-    from mksgn.checkpoint import checkpoint_fusion_rule
     raw = torch.load(MODELS / f"{name}.pt", map_location="cpu", weights_only=True)
     keys = list(raw["state_dict"])
     assert "sc.fusion_weight" in keys and not [k for k in keys if "estimator" in k or "ftm" in k.lower()]
