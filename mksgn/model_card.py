@@ -82,7 +82,11 @@ def write_model_card(checkpoint: str | Path, result: dict, path: str | Path) -> 
                      + (f"; fusion rule `train.smf_weights` {rule!r}: "
                         + ("eq. 22 alone, each modality's share of the mutual information (deviates from the "
                            "paper: no eq. 23 min–max, which gives the least-dependent modality weight 0)"
-                           if rule == "share" else "eq. 22–23 as printed"))
+                           if rule == "share" else
+                           "(1 − eq. 22)/3, the complement of each modality's share of the mutual information "
+                           "(deviates from the paper: a modality redundant with the others gets less weight, "
+                           "not more; no eq. 23 min–max)"
+                           if rule == "complement" else "eq. 22–23 as printed"))
                      + f"; MINE estimators (LSTM hidden {tr.get('mine_hidden')}, {tr.get('mine_optimizer')} "
                        f"lr {tr.get('mine_lr')}, running-average momentum {tr.get('smf_momentum')}) used in "
                        "training only, not in this file")

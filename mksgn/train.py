@@ -124,10 +124,12 @@ class TrainConfig:
     smf_init_weight : list of 4 floats ≥ 0, or None
         Starting fusion weights (MODALITIES order) instead of the ones of ``init_from``; the
         running average (``smf_momentum``) then moves them towards the rule's weights.
-    smf_weights : {"share", "paper"}
+    smf_weights : {"share", "paper", "complement"}
         Fusion-weight rule (:func:`mksgn.models.smf.fusion_weights`). ``"share"`` (default,
         issue 16): eq. 22 alone, each modality's share of the mutual information (weights
-        sum to 1, none is 0 while its bounds are positive). ``"paper"``: eq. 22–23 as
+        sum to 1, none is 0 while its bounds are positive). ``"complement"``: ``(1 − share)/3``
+        (sums to 1, every weight ≥ 1/6; the modality most redundant with the others gets the
+        least). ``"paper"``: eq. 22–23 as
         printed (the min–max of eq. 23 gives the least-dependent modality weight 0 on every
         batch); the rule of every run before issue 16, and of checkpoints that do not record
         one. Recorded in checkpoints (``config.train.smf_weights``, ``metrics.fusion_rule``);

@@ -149,7 +149,7 @@ def test_share_rule_is_eq_22_alone_by_hand_and_the_default():
     expected = torch.tensor([6., 10., 12., 14.]) / 42  # eq. 22: row sums over the total
     assert torch.allclose(fusion_weights(mi, "share"), expected, atol=1e-6)
     assert torch.equal(fusion_weights(mi), fusion_weights(mi, "share"))
-    assert FUSION_RULES == ("share", "paper")
+    assert FUSION_RULES == ("share", "paper", "complement")
     # all shares equal: eq. 23 is undefined, the share rule gives 1/4 each
     assert torch.allclose(fusion_weights(torch.ones(4, 4) - torch.eye(4)), torch.full((4,), 0.25))
 
@@ -173,6 +173,32 @@ def test_share_rule_keeps_every_modality_for_positive_mi():
     # a modality is 0 only when every bound in its row is 0
     iso = torch.tensor([[0., 0., 0., 0.], [0., 0., 1., 2.], [0., 1., 0., 3.], [0., 2., 3., 0.]])
     assert fusion_weights(iso).tolist() == pytest.approx([0.0, 3 / 12, 4 / 12, 5 / 12])
+
+
+def test_complement_rule_by_hand_reverses_the_share_ranking_and_keeps_a_sixth():
+    """``"complement"`` = (1 − eq. 22)/3: sums to 1, orders the modalities opposite to their MI
+    share, and (symmetric MI, zero diagonal: a row holds at most half the total) never gives a
+    modality less than 1/6 -- on the NW-UCLA matrix the position modalities lead."""
+    mi = torch.tensor([[0., 1., 2., 3.],
+                       [1., 0., 4., 5.],
+                       [2., 4., 0., 6.],
+                       [3., 5., 6., 0.]])
+    expected = (1 - torch.tensor([6., 10., 12., 14.]) / 42) / 3
+    assert torch.allclose(fusion_weights(mi, "complement"), expected, atol=1e-6)
+    g = torch.Generator().manual_seed(1)
+    for k in range(200):
+        a = torch.rand(4, 4, generator=g) ** (1 + 4 * torch.rand((), generator=g))
+        sym = torch.triu(a, 1) + torch.triu(a, 1).T
+        w, share = fusion_weights(sym, "complement"), fusion_weights(sym, "share")
+        assert w.sum().item() == pytest.approx(1.0, abs=1e-6) and w.min().item() >= 1 / 6 - 1e-6
+        assert torch.equal(torch.argsort(w, stable=True), torch.argsort(-share, stable=True))
+    ucla = torch.tensor([[0., 0.0101, 0.0052, 0.0011], [0.0101, 0., 0.0054, 0.0123],
+                         [0.0052, 0.0054, 0., 0.1335], [0.0011, 0.0123, 0.1335, 0.]])
+    assert fusion_weights(ucla, "complement").tolist() == pytest.approx([0.317, 0.306, 0.190, 0.187], abs=1e-3)
+    # one modality holding all of the MI with a second: the two get 1/6, the others 1/3
+    pair = torch.zeros(4, 4)
+    pair[2, 3] = pair[3, 2] = 1.0
+    assert fusion_weights(pair, "complement").tolist() == pytest.approx([1 / 3, 1 / 3, 1 / 6, 1 / 6])
 
 
 @pytest.mark.parametrize("rule", FUSION_RULES)
