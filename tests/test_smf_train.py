@@ -495,10 +495,10 @@ def test_mine_every_runs_the_estimators_on_every_kth_batch_only(small_ucla, tmp_
 def test_fusion_rule_paper_reproduces_eq_23_is_recorded_and_resume_keeps_the_rule(small_ucla, tmp_path):
     """Issue 16: ``train.smf_weights: "paper"`` gives every estimated epoch eq. 22-23's weights
     (momentum 1: the least-dependent modality exactly 0), the default ``"share"`` eq. 22's
-    shares (sum 1); the rule is recorded in last.pt and model.pt; a last.pt is resumed only
+    shares (sum 1), ``"complement"`` (1 - shares)/3 (sum 1, each >= 1/6); the rule is recorded in last.pt and model.pt; a last.pt is resumed only
     with its own rule, and one that records none (before issue 16) counts as "paper"."""
     from mksgn.checkpoint import checkpoint_fusion_rule
-    for rule in ("paper", "share"):
+    for rule in ("paper", "share", "complement"):
         cfg = write_config(tmp_path / f"{rule}.json", train={"mine_every": 2, "smf_weights": rule})
         metrics = train(cfg, small_ucla, tmp_path / rule, log=lambda *a: None)
         assert metrics["fusion_rule"] == rule
@@ -509,6 +509,7 @@ def test_fusion_rule_paper_reproduces_eq_23_is_recorded_and_resume_keeps_the_rul
             if _weights_defined(mi, rule):
                 assert w == pytest.approx(fusion_weights(mi, rule).tolist(), abs=1e-6)
                 assert (min(w) == 0.0) if rule == "paper" else sum(w) == pytest.approx(1.0, abs=1e-6)
+                assert rule != "complement" or min(w) >= 1 / 6 - 1e-6
             else:
                 assert w == pytest.approx(previous, abs=1e-6)
             previous = w
