@@ -1,5 +1,6 @@
 """The paper's Table 1 ablation on our data: Base-SGN*, MK-SGN 1-modal, 1-modal + KD, 4-modal,
-4-modal + KD, and 4-modal + KD with the fusion rule of eq. 23 as printed, on NW-UCLA — Param (M), time steps, modalities, KD, SOPs (G), FLOPs (G), energy (mJ)
+4-modal + KD, and 4-modal + KD with the fusion rule of eq. 23 as printed and with the
+"complement" rule, on NW-UCLA — Param (M), time steps, modalities, KD, SOPs (G), FLOPs (G), energy (mJ)
 and top-1 (%) per row, as a Markdown table and JSON.
 
 Each row is a checkpoint. Rows come from ``--row NAME=CHECKPOINT`` (an existing checkpoint,
@@ -47,6 +48,10 @@ ROWS = [
     # default eq. 22 shares (issue 16)
     ("mksgn_4modal_kd_paper", "MK-SGN, 4 modalities + KD, eq. 23 as printed", "configs/mksgn/ucla_4modal_paper.json",
      True),
+    # the alternative rule (1 - eq. 22)/3 ("complement": the modality most redundant with the
+    # others gets the least weight), measured against the default before choosing it
+    ("mksgn_4modal_kd_complement", "MK-SGN, 4 modalities + KD, complement rule",
+     "configs/mksgn/ucla_4modal_complement.json", True),
 ]
 COLUMNS = ["model", "Param (M)", "time steps", "modalities", "KD", "SOPs (G)", "FLOPs (G)", "energy (mJ)",
            "top-1 (%)", "checkpoint"]
