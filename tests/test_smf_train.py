@@ -234,6 +234,13 @@ def test_evaluate_model_card_and_export_of_the_smf_student(trained_kd, small_ucl
     assert "frozen fusion weights (eq. 24) " + ", ".join(f"{m} {v:.4f}" for m, v in w.items()) in card
     assert "4-stream CTR-GCN teacher: joint `" in card and metrics["teachers"][0]["sha256"][:12] in card
     assert "fusion rule `train.smf_weights` 'share': eq. 22 alone" in card and "deviates from the paper" in card
+    # a checkpoint of the "complement" rule says so, not the share rule's words
+    ck = load_checkpoint(path)
+    ck["config"]["train"]["smf_weights"] = ck["metrics"]["fusion_rule"] = "complement"
+    save_checkpoint(tmp_path / "complement.pt", ck)
+    card_c = write_model_card(tmp_path / "complement.pt", r, tmp_path / "card_c.md").read_text()
+    assert "fusion rule `train.smf_weights` 'complement': (1 − eq. 22)/3" in card_c
+    assert "eq. 22 alone" not in card_c and "deviates from the paper" in card_c
     # the trained student exports: its frozen fusion weights reach the graph, and the folded
     # float graph computes what the model computes on the real clips
     import torch
