@@ -17,6 +17,15 @@ from .checkpoint import atomic_write, checkpoint_fusion_rule, load_checkpoint
 from .graph import layout_name
 
 ARCH_NAMES = {"mksgn": "MK-SGN", "base_sgn": "Base-SGN*", "ctrgcn": "CTR-GCN"}
+FUSION_RULE_WORDS = {
+    "share": "eq. 22 alone, each modality's share of the mutual information (deviates from the paper: no eq. 23 "
+             "min–max, which gives the least-dependent modality weight 0)",
+    "complement": "(1 − eq. 22)/3, the complement of each modality's share of the mutual information (deviates "
+                  "from the paper: a modality redundant with the others gets less weight, not more; no eq. 23 "
+                  "min–max)",
+    "paper": "eq. 22–23 as printed",
+}
+"""What a card says of each fusion rule (:data:`mksgn.models.smf.FUSION_RULES`)."""
 TOP1_LINE = re.compile(r"^- test top-1: ([0-9.]+) %", re.M)
 
 
@@ -79,14 +88,8 @@ def write_model_card(checkpoint: str | Path, result: dict, path: str | Path) -> 
         rule = checkpoint_fusion_rule(ckpt)
         lines.append("- four-modality MK-SGN: Spiking Multimodal Fusion (SMF, paper eq. 16–24), frozen fusion "
                      "weights (eq. 24) " + ", ".join(f"{m} {v:.4f}" for m, v in w.items())
-                     + (f"; fusion rule `train.smf_weights` {rule!r}: "
-                        + ("eq. 22 alone, each modality's share of the mutual information (deviates from the "
-                           "paper: no eq. 23 min–max, which gives the least-dependent modality weight 0)"
-                           if rule == "share" else
-                           "(1 − eq. 22)/3, the complement of each modality's share of the mutual information "
-                           "(deviates from the paper: a modality redundant with the others gets less weight, "
-                           "not more; no eq. 23 min–max)"
-                           if rule == "complement" else "eq. 22–23 as printed"))
+                     + f"; fusion rule `train.smf_weights` {rule!r}: "
+                     + FUSION_RULE_WORDS.get(rule, FUSION_RULE_WORDS["paper"])
                      + f"; MINE estimators (LSTM hidden {tr.get('mine_hidden')}, {tr.get('mine_optimizer')} "
                        f"lr {tr.get('mine_lr')}, running-average momentum {tr.get('smf_momentum')}) used in "
                        "training only, not in this file")

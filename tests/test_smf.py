@@ -128,11 +128,17 @@ def test_mi_matrix_symmetric_zero_diagonal_and_per_pair_bounds():
 
 
 # --------------------------------------------------------------------------- eq. 22–23
+BY_HAND_MI = torch.tensor([[0., 1., 2., 3.],
+                           [1., 0., 4., 5.],
+                           [2., 4., 0., 6.],
+                           [3., 5., 6., 0.]])
+"""A symmetric MI matrix small enough to do eq. 22-23 by hand: row sums 6, 10, 12, 14 of 42."""
+UCLA_MI = torch.tensor([[0., 0.0101, 0.0052, 0.0011], [0.0101, 0., 0.0054, 0.0123],
+                        [0.0052, 0.0054, 0., 0.1335], [0.0011, 0.0123, 0.1335, 0.]])
+"""The NW-UCLA MI matrix (nats) of the interim four-modality run's last epoch."""
+
 def test_fusion_weights_equal_eq_22_23_by_hand():
-    mi = torch.tensor([[0., 1., 2., 3.],
-                       [1., 0., 4., 5.],
-                       [2., 4., 0., 6.],
-                       [3., 5., 6., 0.]])
+    mi = BY_HAND_MI
     # eq. 22: row sums 6, 10, 12, 14 over the total 42; eq. 23: (x − 6/42) / (8/42)
     expected = torch.tensor([0.0, 4 / 8, 6 / 8, 1.0])
     assert torch.allclose(fusion_weights(mi, "paper"), expected, atol=1e-6)
@@ -142,10 +148,7 @@ def test_fusion_weights_equal_eq_22_23_by_hand():
 
 
 def test_share_rule_is_eq_22_alone_by_hand_and_the_default():
-    mi = torch.tensor([[0., 1., 2., 3.],
-                       [1., 0., 4., 5.],
-                       [2., 4., 0., 6.],
-                       [3., 5., 6., 0.]])
+    mi = BY_HAND_MI
     expected = torch.tensor([6., 10., 12., 14.]) / 42  # eq. 22: row sums over the total
     assert torch.allclose(fusion_weights(mi, "share"), expected, atol=1e-6)
     assert torch.equal(fusion_weights(mi), fusion_weights(mi, "share"))
@@ -166,8 +169,7 @@ def test_share_rule_keeps_every_modality_for_positive_mi():
         w = fusion_weights(mi)
         assert (w > 0).all() and w.sum().item() == pytest.approx(1.0, abs=1e-6)
         assert fusion_weights(mi, "paper").min().item() == 0.0
-    ucla = torch.tensor([[0., 0.0101, 0.0052, 0.0011], [0.0101, 0., 0.0054, 0.0123],
-                         [0.0052, 0.0054, 0., 0.1335], [0.0011, 0.0123, 0.1335, 0.]])
+    ucla = UCLA_MI
     assert fusion_weights(ucla).tolist() == pytest.approx([0.049, 0.083, 0.430, 0.438], abs=1e-3)
     assert fusion_weights(ucla, "paper").tolist() == pytest.approx([0.0, 0.087, 0.978, 1.0], abs=1e-3)
     # a modality is 0 only when every bound in its row is 0
@@ -179,10 +181,7 @@ def test_complement_rule_by_hand_reverses_the_share_ranking_and_keeps_a_sixth():
     """``"complement"`` = (1 − eq. 22)/3: sums to 1, orders the modalities opposite to their MI
     share, and (symmetric MI, zero diagonal: a row holds at most half the total) never gives a
     modality less than 1/6 -- on the NW-UCLA matrix the position modalities lead."""
-    mi = torch.tensor([[0., 1., 2., 3.],
-                       [1., 0., 4., 5.],
-                       [2., 4., 0., 6.],
-                       [3., 5., 6., 0.]])
+    mi = BY_HAND_MI
     expected = (1 - torch.tensor([6., 10., 12., 14.]) / 42) / 3
     assert torch.allclose(fusion_weights(mi, "complement"), expected, atol=1e-6)
     g = torch.Generator().manual_seed(1)
@@ -192,8 +191,7 @@ def test_complement_rule_by_hand_reverses_the_share_ranking_and_keeps_a_sixth():
         w, share = fusion_weights(sym, "complement"), fusion_weights(sym, "share")
         assert w.sum().item() == pytest.approx(1.0, abs=1e-6) and w.min().item() >= 1 / 6 - 1e-6
         assert torch.equal(torch.argsort(w, stable=True), torch.argsort(-share, stable=True))
-    ucla = torch.tensor([[0., 0.0101, 0.0052, 0.0011], [0.0101, 0., 0.0054, 0.0123],
-                         [0.0052, 0.0054, 0., 0.1335], [0.0011, 0.0123, 0.1335, 0.]])
+    ucla = UCLA_MI
     assert fusion_weights(ucla, "complement").tolist() == pytest.approx([0.317, 0.306, 0.190, 0.187], abs=1e-3)
     # one modality holding all of the MI with a second: the two get 1/6, the others 1/3
     pair = torch.zeros(4, 4)
@@ -287,8 +285,7 @@ def test_drop_estimator_state_dict_round_trip_gives_identical_output():
     ("share", [6 / 42, 10 / 42, 12 / 42, 14 / 42]),  # eq. 22 alone
 ])
 def test_training_forward_moves_buffer_by_the_momentum_rule(monkeypatch, rule, w_batch):
-    mi = torch.tensor([[0., 1., 2., 3.], [1., 0., 4., 5.], [2., 4., 0., 6.], [3., 5., 6., 0.]])
-    monkeypatch.setattr(smf_mod, "mi_matrix", lambda *a, **k: mi.clone())
+    monkeypatch.setattr(smf_mod, "mi_matrix", lambda *a, **k: BY_HAND_MI.clone())
     smf = SMF(_cfg(), momentum=0.25, estimator_hidden=8, rule=rule)
     assert smf.rule == rule
     smf.train()
