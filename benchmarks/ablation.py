@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from mksgn.checkpoint import atomic_write, load_checkpoint  # noqa: E402
 from mksgn.errors import MksgnError  # noqa: E402
 from mksgn.evaluate import evaluate  # noqa: E402
+from mksgn.train import train  # noqa: E402
 
 # (name, label, config, distilled) in the paper's Table 1 order
 ROWS = [
@@ -113,7 +114,6 @@ def main(data, given, do_train, teachers, epochs, runs, analysis_clips, threads,
     for name, label, config, kd in ROWS:
         ckpt = chosen.get(name)
         if ckpt is None and do_train and (not kd or len(teachers) == 4):
-            from mksgn.train import train
             t0 = time.time()
             click.echo(f"training {label} from {config}")
             train(ROOT / config, data, runs / name, epochs=epochs, threads=threads,
