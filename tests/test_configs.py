@@ -79,6 +79,8 @@ def test_a_dangling_init_path_is_reported(tmp_path):
                                          ("mksgn/ucla_joint_13_qat_agree_eval16", "mksgn_ucla_joint"),
                                          ("base_sgn/ucla_joint", "base_sgn_ucla_joint"),
                                          ("mksgn/ucla_4modal_paper", "mksgn_ucla_4modal_kd_interim"),
+                                         ("mksgn/ucla_4modal_scratch_width05", "mksgn_ucla_4modal_kd"),
+                                         ("mksgn/ucla_joint_scratch60_width05", "mksgn_ucla_joint_width05"),
                                          ("ctrgcn/ucla_teacher", "ctrgcn_ucla_joint"),
                                          ("mksgn/ucla_joint_7_qat_cont", "mksgn_ucla_joint_qat_interim")])
 def test_the_last_config_of_a_chain_is_the_shipped_model_s_recipe(name, model):
